@@ -1,0 +1,40 @@
+"""The ``localsync`` command line.
+
+Each module in this package adds the commands of one area to the root group:
+``replica`` (import, items, status, tasks, log, info), ``server`` (serve and the
+``server`` administration group), ``sync`` (clone, login, sync, conflicts, retry,
+revert, drop, history) and ``demo``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from localsync import __version__
+from localsync.cli import demo, replica, server, sync
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="localsync")
+@click.option("-v", "--verbose", count=True, help="Log progress to stderr; -vv for debug.")
+def main(verbose: int) -> None:
+    """Offline item statuses for Dataloop-style labeling.
+
+    \b
+    Example:
+      localsync import ../shared/datasets/dataloop-exports --project p --dataset d
+      localsync items --filter-json '{"filter": {"$and": [{"dir": "/Merino"}]}}'
+    """
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+
+
+for _module in (replica, server, sync, demo):
+    _module.register(main)
