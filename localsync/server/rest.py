@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
-from localsync.dql import matches
+from localsync.dql import parse_query, run_query
 from localsync.errors import BadRequest, InvalidQuery, NotFound
 from localsync.server.app import RequestContext
 from localsync.server.entities import with_item_links
 from localsync.server.storage import JSON, ItemPage
-
-MAX_PAGE_SIZE = 1000
 
 
 def paged_response(items: list[JSON], *, total: int, page: int, page_size: int) -> JSON:
@@ -25,25 +22,16 @@ def paged_response(items: list[JSON], *, total: int, page: int, page_size: int) 
     }
 
 
-def paging_of(body: JSON) -> tuple[int, int]:
-    """Return ``(page, pageSize)`` of a query body, or raise 400 naming the value."""
-    page, page_size = body.get("page", 0), body.get("pageSize", MAX_PAGE_SIZE)
-    if isinstance(page, bool) or not isinstance(page, int) or page < 0:
-        raise InvalidQuery(f"page must be an integer from 0, got {page!r}")
-    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-        raise InvalidQuery(f"pageSize must be a positive integer, got {page_size!r}")
-    return page, min(page_size, MAX_PAGE_SIZE)
-
-
-def query_documents(documents: Iterable[JSON], body: JSON) -> JSON:
-    """Filter and page a small collection (datasets, tasks) with the query language."""
-    query = body.get("filter") or {}
-    if not isinstance(query, dict):
-        raise InvalidQuery(f"filter must be an object, got {query!r}")
-    page, page_size = paging_of(body)
-    found = [document for document in documents if matches(query, document)]
-    window = found[page * page_size : (page + 1) * page_size]
-    return paged_response(window, total=len(found), page=page, page_size=page_size)
+def query_documents(documents: list[JSON], body: JSON) -> JSON:
+    """Filter, sort and page a small collection (datasets, tasks) in Python."""
+    query = parse_query(body)
+    window, total = run_query(body, documents, {})
+    return paged_response(
+        [dict(document) for document in window],
+        total=total,
+        page=query.page,
+        page_size=query.page_size,
+    )
 
 
 def context_projects(context: RequestContext, key: str) -> set[str]:
@@ -113,7 +101,6 @@ def items_query(context: RequestContext) -> JSON:
             raise BadRequest(
                 "400", f"Query bodies with {key!r} are not supported by this server"
             )
-    paging_of(body)
     page: ItemPage = context.storage.query_items(dataset_id, body)
     items = [with_item_links(item, context.base_url) for item in page.items]
     return paged_response(

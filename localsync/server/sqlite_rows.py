@@ -6,7 +6,7 @@ import json
 import sqlite3
 from typing import Any
 
-from localsync.dql import array_paths_of
+from localsync.dql import load_array_paths, register_array_paths
 from localsync.server.storage import JSON
 
 # Tables that hold one JSON document per id; table names never come from requests.
@@ -75,22 +75,13 @@ def note_array_paths(
     connection: sqlite3.Connection, dataset_id: str, kind: str, document: JSON
 ) -> None:
     """Record the document's array-valued paths, which the query compiler needs."""
-    resource = ARRAY_PATH_RESOURCES[kind]
-    connection.executemany(
-        "INSERT OR IGNORE INTO array_paths (dataset_id, resource, path) "
-        "VALUES (?, ?, ?)",
-        [(dataset_id, resource, path) for path in array_paths_of(document)],
-    )
+    register_array_paths(connection, dataset_id, ARRAY_PATH_RESOURCES[kind], [document])
 
 
 def array_paths(
     connection: sqlite3.Connection, dataset_id: str, kind: str
 ) -> frozenset[str]:
-    rows = connection.execute(
-        "SELECT path FROM array_paths WHERE dataset_id = ? AND resource = ?",
-        (dataset_id, ARRAY_PATH_RESOURCES[kind]),
-    )
-    return frozenset(row[0] for row in rows)
+    return load_array_paths(connection, dataset_id, ARRAY_PATH_RESOURCES[kind])
 
 
 def touch(

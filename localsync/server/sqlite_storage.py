@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from localsync.dql import compile_query
+from localsync.dql import compile_query, parse_query
 from localsync.errors import BadRequest, NotFound
 from localsync.exports import ExportedItem
 from localsync.server import sqlite_registers
@@ -171,11 +171,15 @@ class SQLiteStorage(Storage):
             return load_json(connection, "item", item_id)
 
     def query_items(self, dataset_id: str, body: JSON) -> ItemPage:
+        query = parse_query(body)
         with self.db.read() as connection:
             compiled = compile_query(
                 body,
                 dataset_id=dataset_id,
                 array_paths=array_paths(connection, dataset_id, "item"),
+                annotation_array_paths=array_paths(
+                    connection, dataset_id, "annotation"
+                ),
             )
             items = load_all_json_at(
                 connection, compiled.select_sql, compiled.select_params
@@ -184,10 +188,7 @@ class SQLiteStorage(Storage):
                 compiled.count_sql, compiled.count_params
             ).fetchone()[0]
         return ItemPage(
-            items=items,
-            total=total,
-            page=int(body.get("page") or 0),
-            page_size=int(body.get("pageSize") or 1000),
+            items=items, total=total, page=query.page, page_size=query.page_size
         )
 
     def patch_item(
@@ -405,11 +406,11 @@ class SQLiteStorage(Storage):
             dataset_id=dataset_id,
             array_paths=array_paths(connection, dataset_id, "item"),
         )
+        alias = compiled.alias
         rows = connection.execute(
-            "SELECT items.id FROM items "
-            f"WHERE items.dataset_id = ? AND ({compiled.where_sql}) "
-            "ORDER BY items.id",
-            (dataset_id, *compiled.where_params),
+            f"SELECT {alias}.id FROM items AS {alias} WHERE {compiled.where_sql} "
+            f"ORDER BY {alias}.id",
+            compiled.where_params,
         )
         return [row[0] for row in rows]
 
