@@ -1,0 +1,495 @@
+"""The server's command line: import, task create, token, item delete and serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from click.testing import CliRunner, Result
+
+from localsync.cli import main
+from localsync.server.sqlite_storage import SQLiteStorage
+from tests.server_fixtures import database_fingerprint, synthetic_records
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def write_records(folder: Path, records: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        (folder / f"{record['_id']}.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "server.db")
+
+
+@pytest.fixture
+def small_export(tmp_path: Path) -> Path:
+    """Ten files in /a (one of them hidden) and four in /b."""
+    records = synthetic_records(10, folder="/a", prefix="a") + synthetic_records(
+        4, folder="/b", prefix="b"
+    )
+    records[3]["hidden"] = True
+    return write_records(tmp_path / "export", records)
+
+
+def imported(db: str, folder: Path) -> dict[str, Any]:
+    result = run(
+        "server", "import", str(folder), "--project", "p", "--dataset", "d", "--db", db
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def create_task(db: str, *args: str) -> Result:
+    return run(
+        "server",
+        "task",
+        "create",
+        "--project",
+        "p",
+        "--dataset",
+        "d",
+        "--db",
+        db,
+        *args,
+    )
+
+
+def open_storage(db: str) -> SQLiteStorage:
+    return SQLiteStorage(db)
+
+
+# Import.
+
+
+def test_import_real_exports_twice(db: str, exports_dir: Path) -> None:
+    first = imported(db, exports_dir)
+    assert first["files"] == 1979
+    assert first["items_added"] == 1979 + 6  # and one dir item per folder
+    storage = open_storage(db)
+    before = database_fingerprint(storage)
+
+    second = imported(db, exports_dir)
+
+    assert second["items_added"] == 0
+    assert second["items_changed"] == 0
+    assert second["annotations_added"] == 0
+    assert second["annotations_changed"] == 0
+    assert database_fingerprint(storage) == before
+    storage.close()
+
+
+def test_reimport_keeps_statuses(db: str, small_export: Path) -> None:
+    summary = imported(db, small_export)
+    assert create_task(db, "--name", "t").exit_code == 0
+    storage = open_storage(db)
+    task = storage.task_named(summary["dataset"], "t")
+    item_id = f"a{0:023x}"
+    storage.set_statuses(task["id"], [item_id], "completed", user_email="u@example.com")
+    before = database_fingerprint(storage)
+
+    imported(db, small_export)
+
+    assert database_fingerprint(storage) == before
+    assert storage.register(item_id, task["id"])["status"] == "completed"
+    storage.close()
+
+
+def test_import_changed_export_updates_item(db: str, tmp_path: Path) -> None:
+    records = synthetic_records(2, folder="/a")
+    folder = write_records(tmp_path / "export", records)
+    imported(db, folder)
+    records[0]["itemMetadata"]["user"]["index"] = 99
+    write_records(folder, records)
+
+    summary = imported(db, folder)
+
+    assert summary["items_changed"] == 1
+    assert summary["items_unchanged"] == 2  # the other file and the /a folder
+    storage = open_storage(db)
+    assert storage.item(records[0]["_id"])["metadata"]["user"]["index"] == 99
+    storage.close()
+
+
+def test_import_missing_folder(db: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = run(
+        "server", "import", str(missing), "--project", "p", "--dataset", "d", "--db", db
+    )
+    assert result.exit_code == 1
+    assert "Error: Export folder" in result.output
+    assert str(missing) in result.output
+    assert not Path(db).exists()
+
+
+def test_import_bad_file_changes_nothing(db: str, tmp_path: Path) -> None:
+    folder = write_records(tmp_path / "export", synthetic_records(3))
+    (folder / "zz-broken.json").write_text("{not json")
+
+    result = run(
+        "server", "import", str(folder), "--project", "p", "--dataset", "d", "--db", db
+    )
+
+    assert result.exit_code == 1
+    assert "zz-broken.json" in result.output
+    assert not Path(db).exists()
+
+
+def test_import_into_second_dataset_is_rejected(db: str, small_export: Path) -> None:
+    imported(db, small_export)
+    result = run(
+        "server",
+        "import",
+        str(small_export),
+        "--project",
+        "p",
+        "--dataset",
+        "other",
+        "--db",
+        db,
+    )
+    assert result.exit_code == 1
+    assert "already belongs to dataset" in result.output
+
+
+# Task creation.
+
+
+def task_output(result: Result) -> dict[str, Any]:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_task_default_filter_and_round_robin(db: str, small_export: Path) -> None:
+    summary = imported(db, small_export)
+    task = task_output(
+        create_task(
+            db,
+            "--name", "t",
+            "--status", "completed",
+            "--status", "approved",
+            "--status", "discard",
+            "--assignee", "one@example.com",
+            "--assignee", "two@example.com",
+        )
+    )  # fmt: skip
+
+    assert task["totalItems"] == 13  # 14 files, one hidden; folders are not files
+    assert [a["action"] for a in task["availableActions"]] == [
+        "completed",
+        "approved",
+        "discard",
+    ]
+    storage = open_storage(db)
+    assignments = [storage.assignment(a) for a in task["assignmentIds"]]
+    assert [a["annotator"] for a in assignments] == [
+        "one@example.com",
+        "two@example.com",
+    ]
+    assert [a["totalItems"] for a in assignments] == [7, 6]
+    query = {"filter": {"$and": [{"type": "file"}]}, "sort": {"id": "ascending"}}
+    files = storage.query_items(summary["dataset"], query).items
+    in_task = [item for item in files if not item["hidden"]]
+    for index, item in enumerate(in_task):
+        refs = item["metadata"]["system"]["refs"]
+        assert refs == [
+            {"type": "task", "id": task["id"]},
+            {"type": "assignment", "id": task["assignmentIds"][index % 2]},
+        ]
+    hidden = next(item for item in files if item["hidden"])
+    assert hidden["metadata"]["system"]["refs"] == []
+    storage.close()
+
+
+def test_task_filter_json(db: str, small_export: Path) -> None:
+    imported(db, small_export)
+    task = task_output(
+        create_task(
+            db, "--name", "b-only", "--filter-json", '{"$and": [{"dir": "/b"}]}'
+        )
+    )
+    assert task["totalItems"] == 4
+    assert "availableActions" not in task
+
+
+def test_qa_task_takes_items_with_status(db: str, small_export: Path) -> None:
+    summary = imported(db, small_export)
+    parent = task_output(create_task(db, "--name", "annotate"))
+    storage = open_storage(db)
+    done = [f"a{0:023x}", f"b{1:023x}"]
+    storage.set_statuses(parent["id"], done, "completed", user_email="u@example.com")
+    storage.set_statuses(
+        parent["id"], [f"a{1:023x}"], "discard", user_email="u@example.com"
+    )
+    storage.set_statuses(parent["id"], [f"a{1:023x}"], None, user_email="u@example.com")
+
+    qa = task_output(
+        create_task(db, "--name", "check", "--type", "qa", "--parent-task", "annotate")
+    )
+
+    assert qa["spec"] == {"type": "qa", "parentTaskId": parent["id"]}
+    assert qa["totalItems"] == 2
+    body = {
+        "filter": {"metadata.system.refs.id": qa["id"]},
+        "sort": {"id": "ascending"},
+    }
+    assert [
+        item["id"] for item in storage.query_items(summary["dataset"], body).items
+    ] == done
+    rejected = storage.set_statuses
+    with pytest.raises(Exception, match="approved, discard"):
+        rejected(qa["id"], done, "completed", user_email="u@example.com")
+    storage.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (
+            ["--name", "t", "--filter-json", "{oops"],
+            1,
+            "--filter-json is not valid JSON",
+        ),
+        (["--name", "t", "--filter-json", "[1]"], 1, "must be a JSON object"),
+        (["--name", "t", "--filter-json", '{"dir": {"$near": 1}}'], 1, "$near"),
+        (["--name", "t", "--type", "qa"], 1, "--parent-task"),
+        (["--name", "t", "--parent-task", "nope"], 1, "Parent task 'nope' not found"),
+        (["--name", "t", "--assignee", "not-an-email"], 1, "not an email"),
+        (["--name", "t", "--status", " "], 1, "non-empty"),
+        (["--name", "t", "--type", "review"], 2, "review"),
+        (["--name", "existing"], 1, "already exists"),
+    ],
+)
+def test_task_create_bad_input(
+    db: str, small_export: Path, args: list[str], code: int, expected: str
+) -> None:
+    imported(db, small_export)
+    assert create_task(db, "--name", "existing").exit_code == 0
+    storage = open_storage(db)
+    before = database_fingerprint(storage)
+
+    result = create_task(db, *args)
+
+    assert result.exit_code == code
+    assert expected in result.output
+    if code == 1:
+        assert "Error: " in result.output
+    assert database_fingerprint(storage) == before
+    storage.close()
+
+
+def test_task_create_unknown_project(db: str, small_export: Path) -> None:
+    imported(db, small_export)
+    result = run(
+        "server",
+        "task",
+        "create",
+        "--project",
+        "q",
+        "--dataset",
+        "d",
+        "--name",
+        "t",
+        "--db",
+        db,
+    )
+    assert result.exit_code == 1
+    assert "Error: Project 'q' not found" in result.output
+
+
+# Tokens.
+
+
+def test_token_claims(db: str, small_export: Path) -> None:
+    summary = imported(db, small_export)
+    result = run(
+        "server", "token", "--email", "u@example.com", "--project", "p", "--db", db
+    )
+    assert result.exit_code == 0, result.output
+    storage = open_storage(db)
+    claims = jwt.decode(
+        result.output.strip(), storage.meta().secret, algorithms=["HS256"]
+    )
+    storage.close()
+    assert claims["email"] == "u@example.com"
+    assert claims["projects"] == [summary["project"]]
+    assert abs(claims["exp"] - time.time() - 30 * 24 * 3600) < 60
+
+
+def test_token_expires_in_and_secret_override(db: str, small_export: Path) -> None:
+    imported(db, small_export)
+    result = run(
+        "server", "token", "--email", "u@example.com", "--project", "p", "--db", db,
+        "--expires-in", "120",
+        env={"LOCALSYNC_SECRET": "an-override-secret-of-at-least-32-bytes"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    claims = jwt.decode(
+        result.output.strip(),
+        "an-override-secret-of-at-least-32-bytes",
+        algorithms=["HS256"],
+    )
+    assert abs(claims["exp"] - time.time() - 120) < 10
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (
+            ["--email", "u@example.com", "--project", "nope"],
+            1,
+            "Project 'nope' not found",
+        ),
+        (["--email", "nobody", "--project", "p"], 1, "not an email"),
+        (["--email", "u@example.com", "--project", "p", "--expires-in", "0"], 2, "0"),
+        (["--email", "u@example.com"], 2, "--project"),
+    ],
+)
+def test_token_bad_input(
+    db: str, small_export: Path, args: list[str], code: int, expected: str
+) -> None:
+    imported(db, small_export)
+    result = run("server", "token", "--db", db, *args)
+    assert result.exit_code == code
+    assert expected in result.output
+
+
+# Item deletion.
+
+
+def test_item_delete_writes_tombstones(db: str, small_export: Path) -> None:
+    summary = imported(db, small_export)
+    storage = open_storage(db)
+    cursor = storage.pull(summary["dataset"], cursor=0, limit=5000).cursor
+    doomed = f"a{2:023x}"
+
+    result = run("server", "item", "delete", doomed, "--db", db)
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"deleted": [doomed]}
+    assert storage.item(doomed) is None
+    changes = storage.pull(summary["dataset"], cursor=cursor, limit=100).changes
+    assert [(c["kind"], c["id"], c["deleted"]) for c in changes] == [
+        ("item", doomed, True)
+    ]
+    storage.close()
+
+
+def test_item_delete_unknown_changes_nothing(db: str, small_export: Path) -> None:
+    imported(db, small_export)
+    storage = open_storage(db)
+    before = database_fingerprint(storage)
+
+    result = run("server", "item", "delete", f"a{2:023x}", "f" * 24, "--db", db)
+
+    assert result.exit_code == 1
+    assert "f" * 24 in result.output
+    assert "nothing was deleted" in result.output
+    assert database_fingerprint(storage) == before
+    storage.close()
+
+
+# Serving.
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_answers_health_and_tokens(
+    db: str, small_export: Path, tmp_path: Path
+) -> None:
+    imported(db, small_export)
+    token = run(
+        "server", "token", "--email", "u@example.com", "--project", "p", "--db", db
+    )
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w+")
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    env.pop("LOCALSYNC_SECRET", None)
+    command = [str(Path(sys.executable).parent / "localsync"), "serve", "--db", db]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        health = _wait_for(f"{base}/health")
+        me = httpx.get(
+            f"{base}/users/me",
+            headers={"Authorization": f"Bearer {token.output.strip()}"},
+        )
+        anonymous = httpx.get(f"{base}/users/me")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+    log.seek(0)
+    output = log.read()
+
+    assert health.status_code == 200
+    assert me.status_code == 200
+    assert me.json()["email"] == "u@example.com"
+    assert anonymous.status_code == 401
+    assert "GET /api/v1/health 200" in output
+    assert "localsync server 0.1.0 started" in output
+    assert "localsync server stopped" in output
+
+
+def _wait_for(url: str) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (
+            ["--db", "postgresql://localhost/x"],
+            "PostgreSQL storage backend is not available",
+        ),
+        (["--db", "{tmp}/no/such/folder/s.db"], "does not exist"),
+        (["--db", "{tmp}/s.db", "--ssl-certfile", "{tmp}/cert.pem"], "go together"),
+        (
+            [
+                "--db",
+                "{tmp}/s.db",
+                "--ssl-certfile",
+                "{tmp}/c.pem",
+                "--ssl-keyfile",
+                "{tmp}/k.pem",
+            ],
+            "does not exist",
+        ),
+    ],
+)
+def test_serve_bad_input(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = run("serve", *[arg.replace("{tmp}", str(tmp_path)) for arg in args])
+    assert result.exit_code == 1
+    assert "Error: " in result.output
+    assert expected in result.output
