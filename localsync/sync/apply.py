@@ -1,0 +1,345 @@
+"""Applying what the remote sent to the replica: push results and pulled pages.
+
+Each function writes in one transaction, so a batch is durable locally as a whole
+or not at all, and an interrupted sync resumes after the last batch it applied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from localsync.hlc import Timestamp
+from localsync.store import Replica
+from localsync.store.journal import load_clock, save_clock
+from localsync.store.settings import set_setting
+from localsync.sync.remote import (
+    Change,
+    Exchange,
+    PullPage,
+    PushOp,
+    PushResponse,
+    PushResult,
+)
+from localsync.sync.views import (
+    AssignmentIds,
+    RegisterKey,
+    RegisterValue,
+    effective_value,
+    hlc_time,
+    newest_pending,
+    refresh_registers,
+    remote_values,
+    store_remote_value,
+    write_value,
+)
+
+logger = logging.getLogger(__name__)
+
+ITEM_DELETED = "item deleted"
+TASK_DELETED = "task deleted"
+
+# Tables a new remote epoch voids; the journal, conflicts and settings stay.
+_ENTITY_TABLES = ("annotations", "items", "assignments", "tasks", "remote_registers")
+
+
+@dataclass
+class PushCounts:
+    pushed: int = 0
+    applied: int = 0
+    superseded: int = 0
+    rejected: int = 0
+    restamped: int = 0
+    batches: int = 0
+
+    def add(self, other: PushCounts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class PullCounts:
+    pages: int = 0
+    changes: int = 0
+    items: int = 0
+    registers: int = 0
+    deleted: int = 0
+    rejected: int = 0
+
+    def add(self, other: PullCounts) -> None:
+        for name in vars(self):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# Clock
+
+
+def merge_clock(
+    replica: Replica, exchange: Exchange, hlcs: Iterable[str | None] = ()
+) -> None:
+    """Merge the remote's HLCs into the replica clock and store the measured offset.
+
+    ``clock_offset_ms`` is ``server time - local time``; later ops are stamped with
+    local time plus it, so a replica whose clock runs fast or slow writes corrected
+    times once it has synced.
+    """
+    conn = replica.conn
+    clock = load_clock(conn, replica.replica_id)
+    for text in (exchange.server_hlc, *hlcs):
+        if text:
+            try:
+                clock.receive(Timestamp.parse(text))
+            except ValueError:
+                logger.warning("ignored invalid HLC %r from the remote", text)
+    save_clock(conn, clock)
+    offset = exchange.offset_ms
+    if offset is not None:
+        set_setting(conn, "clock_offset_ms", offset)
+
+
+# Push results
+
+
+def apply_push_results(
+    replica: Replica, ops: list[PushOp], response: PushResponse
+) -> PushCounts:
+    """Mark each pushed op from its result and record the winners, atomically."""
+    by_id = {op.op_id: op for op in ops}
+    counts = PushCounts(pushed=len(ops), batches=1)
+    touched: set[RegisterKey] = set()
+    pushed_at = now_ms()
+    with replica.transaction():
+        for result in response.results:
+            op = by_id.get(result.op_id)
+            if op is None:
+                logger.warning(
+                    "push result for op %s that was not sent; ignored", result.op_id
+                )
+                continue
+            _mark_op(replica, op, result, pushed_at)
+            setattr(counts, result.outcome, getattr(counts, result.outcome) + 1)
+            counts.restamped += result.restamped
+            if result.winner is not None:
+                store_remote_value(
+                    replica.conn,
+                    (op.item_id, op.task_id),
+                    RegisterValue(
+                        result.winner.status,
+                        result.winner.hlc,
+                        result.winner.creator,
+                        hlc_time(result.winner.hlc),
+                    ),
+                )
+            touched.add((op.item_id, op.task_id))
+        refresh_registers(replica, touched)
+        merge_clock(replica, response.exchange, _result_hlcs(response.results))
+    return counts
+
+
+def _result_hlcs(results: list[PushResult]) -> list[str | None]:
+    hlcs: list[str | None] = []
+    for result in results:
+        hlcs.append(result.hlc)
+        if result.winner is not None:
+            hlcs.append(result.winner.hlc)
+    return hlcs
+
+
+def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -> None:
+    conn = replica.conn
+    state = conn.execute(
+        "SELECT state FROM journal WHERE op_id = ?", (op.op_id,)
+    ).fetchone()
+    if state is not None and state[0] != "pending":
+        # The user dropped it while it was on its way; the remote's answer is the fact.
+        logger.warning(
+            "op %s was %s locally but the remote %s it",
+            op.op_id,
+            state[0],
+            result.outcome,
+        )
+    reason = result.reason if result.outcome == "rejected" else None
+    conn.execute(
+        "UPDATE journal SET state = ?, reason = COALESCE(?, reason), result = ?,"
+        " pushed_at = ? WHERE op_id = ?",
+        (result.outcome, reason, json.dumps(result.raw), pushed_at, op.op_id),
+    )
+    if result.outcome == "superseded" and result.winner is not None:
+        winner = result.winner
+        conn.execute(
+            "INSERT OR IGNORE INTO conflicts (op_id, item_id, task_id, local_status,"
+            " local_hlc, winner_status, winner_hlc, winner_creator, winner_source,"
+            " winner_replica_id, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                op.op_id,
+                op.item_id,
+                op.task_id,
+                op.status,
+                result.hlc or op.hlc,
+                winner.status,
+                winner.hlc,
+                winner.creator,
+                winner.source,
+                winner.replica_id,
+                pushed_at,
+            ),
+        )
+
+
+# Pulled pages
+
+
+def apply_page(replica: Replica, page: PullPage, *, wipe: bool = False) -> PullCounts:
+    """Apply one pulled page and store its cursor and epoch, in one transaction.
+
+    With ``wipe`` the replica's entities are deleted first (a new remote epoch),
+    keeping the journal, so the page starts a full re-fetch.
+    """
+    counts = PullCounts(pages=1, changes=len(page.changes))
+    conn = replica.conn
+    with replica.transaction():
+        if wipe:
+            for table in _ENTITY_TABLES:
+                conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
+        items: list[Change] = []
+        for change in page.changes:
+            if change.kind == "item" and not change.deleted and change.data is not None:
+                items.append(change)
+                continue
+            _apply_items(replica, items, counts)
+            items = []
+            _apply_change(replica, change, counts)
+        _apply_items(replica, items, counts)
+        set_setting(conn, "cursor", page.cursor)
+        set_setting(conn, "epoch", page.exchange.epoch)
+        merge_clock(replica, page.exchange, _change_hlcs(page.changes))
+    return counts
+
+
+def _change_hlcs(changes: list[Change]) -> list[str | None]:
+    return [
+        change.data.get("hlc")
+        for change in changes
+        if change.kind == "register" and change.data is not None
+    ]
+
+
+def _apply_change(replica: Replica, change: Change, counts: PullCounts) -> None:
+    data = change.data
+    if change.kind == "register":
+        counts.registers += 1
+        _apply_register(replica, change)
+    elif change.deleted:
+        counts.deleted += 1
+        _apply_tombstone(replica, change, counts)
+    elif data is None:
+        logger.warning(
+            "change %d (%s %s) has no data; skipped", change.seq, change.kind, change.id
+        )
+    elif change.kind == "project":
+        replica.put_project(data)
+    elif change.kind == "dataset":
+        projects = data.get("projects") or [replica.setting("project_id") or ""]
+        replica.put_dataset(data, project_id=projects[0])
+    elif change.kind == "task":
+        replica.put_task(data)
+    elif change.kind == "assignment":
+        replica.put_assignment(data)
+    elif change.kind == "annotation":
+        replica.put_annotations([data])
+    else:
+        logger.warning(
+            "change %d has unknown kind %r; skipped", change.seq, change.kind
+        )
+
+
+def _apply_items(replica: Replica, changes: list[Change], counts: PullCounts) -> None:
+    """Write pulled items, overlaying each register's pending op when it is newer."""
+    if not changes:
+        return
+    items: dict[str, dict[str, Any]] = {}
+    for change in changes:
+        assert change.data is not None
+        items[change.id] = change.data
+    pending = newest_pending(replica.conn, items)
+    remote = remote_values(replica.conn, list({key[0] for key in pending}))
+    assignments = AssignmentIds(replica)
+    for (item_id, task_id), value in pending.items():
+        # The item's JSON is at least as new as the known remote value, so only a
+        # pending op newer than that value replaces what the JSON shows.
+        if effective_value(remote.get((item_id, task_id)), value) is value:
+            write_value(items[item_id], task_id, value, assignments)
+    replica.put_items(items.values())
+    counts.items += len(items)
+
+
+def _apply_register(replica: Replica, change: Change) -> None:
+    data = change.data or {}
+    item_id, task_id = data.get("itemId"), data.get("taskId")
+    if not isinstance(item_id, str) or not isinstance(task_id, str):
+        item_id, _, task_id = change.id.partition(":")
+    key = (item_id, task_id)
+    if change.deleted:
+        replica.conn.execute(
+            "DELETE FROM remote_registers WHERE item_id = ? AND task_id = ?", key
+        )
+    elif isinstance(data.get("hlc"), str):
+        value = RegisterValue(
+            data.get("status"),
+            data["hlc"],
+            data.get("creator"),
+            data.get("timestamp") or hlc_time(data["hlc"]),
+        )
+        store_remote_value(replica.conn, key, value)
+    else:
+        logger.warning("register change %d has no HLC; skipped", change.seq)
+        return
+    refresh_registers(replica, [key])
+
+
+def _apply_tombstone(replica: Replica, change: Change, counts: PullCounts) -> None:
+    conn = replica.conn
+    if change.kind == "item":
+        counts.rejected += reject_pending(replica, "item_id", change.id, ITEM_DELETED)
+        conn.execute("DELETE FROM remote_registers WHERE item_id = ?", (change.id,))
+        replica.delete_items([change.id])
+    elif change.kind == "annotation":
+        conn.execute("DELETE FROM annotations WHERE id = ?", (change.id,))
+    elif change.kind == "assignment":
+        conn.execute("DELETE FROM assignments WHERE id = ?", (change.id,))
+    elif change.kind == "task":
+        counts.rejected += reject_pending(replica, "task_id", change.id, TASK_DELETED)
+        conn.execute("DELETE FROM remote_registers WHERE task_id = ?", (change.id,))
+        conn.execute("DELETE FROM assignments WHERE task_id = ?", (change.id,))
+        conn.execute("DELETE FROM tasks WHERE id = ?", (change.id,))
+    else:
+        # NOTE: a deleted project or dataset leaves the replica as it is; it keeps
+        # working offline, and a new clone is the way to follow the remote.
+        logger.warning(
+            "the remote deleted %s %s; the replica keeps its copy",
+            change.kind,
+            change.id,
+        )
+
+
+def reject_pending(replica: Replica, column: str, value: str, reason: str) -> int:
+    """Quarantine the pending ops of a deleted item or task; return how many."""
+    assert column in ("item_id", "task_id")
+    cursor = replica.conn.execute(
+        f"UPDATE journal SET state = 'rejected', reason = ? "  # noqa: S608 - fixed column
+        f"WHERE state = 'pending' AND {column} = ?",
+        (reason, value),
+    )
+    if cursor.rowcount:
+        logger.warning(
+            "%d pending ops quarantined: %s (%s)", cursor.rowcount, reason, value
+        )
+    return cursor.rowcount

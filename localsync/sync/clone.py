@@ -1,0 +1,134 @@
+"""Creating a replica from a remote, and reconnecting a replica to its remote."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from localsync.errors import BadRequest, SyncError
+from localsync.store import Replica
+from localsync.sync.apply import PullCounts
+from localsync.sync.engine import SyncEngine, SyncReport
+from localsync.sync.pull import DEFAULT_PAGE_LIMIT
+from localsync.sync.remote import (
+    DEFAULT_TIMEOUT,
+    JSON,
+    LocalsyncRemote,
+    PullPage,
+    api_base_url,
+    token_email,
+)
+from localsync.sync.retry import RetryPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def open_remote(
+    replica: Replica,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> LocalsyncRemote:
+    """Return a client for the replica's stored remote URL and token."""
+    url, token = replica.setting("remote_url"), replica.setting("token")
+    if url is None:
+        raise SyncError(
+            f"Replica {str(replica.path)!r} has no remote; it was not made by "
+            "'localsync clone', so it can only be used offline"
+        )
+    if not token:
+        raise SyncError(
+            f"Replica {str(replica.path)!r} has no token; run "
+            "'localsync login --token TOKEN'"
+        )
+    return LocalsyncRemote(url, token, retry=retry, timeout=timeout)
+
+
+def store_token(replica: Replica, token: str) -> str | None:
+    """Replace the replica's token; return the user email the token names."""
+    email = token_email(token)
+    with replica.transaction():
+        replica.set_setting("token", token)
+        if email:
+            replica.set_setting("user_email", email)
+    return email
+
+
+def clone(
+    store: str | Path,
+    url: str,
+    *,
+    token: str,
+    project: str,
+    dataset: str,
+    retry: RetryPolicy | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    page_limit: int = DEFAULT_PAGE_LIMIT,
+    on_start: Callable[[JSON], None] | None = None,
+    on_page: Callable[[PullPage, PullCounts], None] | None = None,
+) -> SyncReport:
+    """Clone a dataset of a remote into the replica file ``store``.
+
+    Cloning again into the same file resumes (or refreshes) the clone; a file that
+    holds another dataset or another remote is left unchanged and raises
+    ``BadRequest``. ``on_start`` gets the dataset JSON before the first page.
+    """
+    base_url = api_base_url(url)
+    email = token_email(token)
+    path = Path(store)
+    if path.exists():
+        with Replica(path) as existing:
+            _check_same_dataset(
+                existing, base_url, dataset_name=dataset, dataset_id=None
+            )
+
+    with LocalsyncRemote(base_url, token, retry=retry, timeout=timeout) as remote:
+        project_json = remote.project_by_name(project)
+        dataset_json = remote.dataset_by_name(project_json["id"], dataset)
+        with Replica(path, create=True) as replica:
+            _check_same_dataset(
+                replica, base_url, dataset_name=dataset, dataset_id=dataset_json["id"]
+            )
+            with replica.transaction():
+                replica.set_setting("remote_url", base_url)
+                replica.set_setting("token", token)
+                replica.set_setting("user_email", email)
+                replica.put_project(project_json)
+                replica.put_dataset(dataset_json, project_id=project_json["id"])
+            if on_start is not None:
+                on_start(dataset_json)
+            engine = SyncEngine(replica, remote, page_limit=page_limit)
+            report = engine.pull(on_page=on_page)
+    logger.info(
+        "cloned dataset %s (%s) into %s: %d changes",
+        dataset,
+        dataset_json["id"],
+        path,
+        report.pull.changes,
+    )
+    return report
+
+
+def _check_same_dataset(
+    replica: Replica, base_url: str, *, dataset_name: str, dataset_id: str | None
+) -> None:
+    held = replica.dataset()
+    if held is not None:
+        other_name = held.get("name") != dataset_name
+        other_id = dataset_id is not None and held.get("id") != dataset_id
+        if other_name or other_id:
+            raise BadRequest(
+                "400",
+                f"Replica {str(replica.path)!r} already holds dataset "
+                f"{held.get('name')!r} "
+                f"({held.get('id')}); clone {dataset_name!r} into another --store path",
+            )
+    remote_url = replica.setting("remote_url")
+    if remote_url is not None and remote_url != base_url:
+        raise BadRequest(
+            "400",
+            f"Replica {str(replica.path)!r} syncs with {remote_url}, not "
+            f"{base_url}; clone "
+            "into another --store path",
+        )

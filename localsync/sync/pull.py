@@ -1,0 +1,70 @@
+"""Pulling the remote's changes after the stored cursor, page by page.
+
+A page and its cursor are stored in one transaction, so memory stays bounded by the
+page size and an interrupted pull resumes after the last page it stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from localsync.errors import SyncError
+from localsync.store import Replica
+from localsync.sync.apply import PullCounts, apply_page
+from localsync.sync.remote import PullPage, Remote
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_LIMIT = 1000
+
+# Set when the remote's epoch changed: the next pull starts again from cursor 0 and
+# its first page replaces the replica's entities.
+REFETCH_EPOCH = "refetch_epoch"
+# Set when such a re-fetch has started and not yet reached the end of the feed.
+REFETCH_RUNNING = "refetch_running"
+
+
+def pull_changes(
+    replica: Replica,
+    remote: Remote,
+    *,
+    limit: int = DEFAULT_PAGE_LIMIT,
+    on_page: Callable[[PullPage, PullCounts], None] | None = None,
+) -> PullCounts:
+    """Pull and apply every page after the stored cursor; return what was applied.
+
+    Raises ``EpochMismatch`` (from the remote) when the remote's database changed.
+    """
+    dataset_id = replica.dataset_id
+    if dataset_id is None:
+        raise SyncError(
+            f"Replica {str(replica.path)!r} holds no dataset; run "
+            "'localsync clone' first"
+        )
+    counts = PullCounts()
+    while True:
+        wipe_epoch = replica.setting(REFETCH_EPOCH)
+        wipe = wipe_epoch is not None
+        cursor = 0 if wipe else int(replica.setting("cursor") or 0)
+        epoch = (wipe_epoch or None) if wipe else replica.setting("epoch")
+        page = remote.pull(
+            dataset_id=dataset_id, cursor=cursor, limit=limit, epoch=epoch
+        )
+        with replica.transaction():
+            page_counts = apply_page(replica, page, wipe=wipe)
+            if wipe:
+                replica.set_setting(REFETCH_EPOCH, None)
+                replica.set_setting(REFETCH_RUNNING, page.exchange.epoch)
+        counts.add(page_counts)
+        logger.debug(
+            "pulled %d changes, cursor %d -> %d", len(page.changes), cursor, page.cursor
+        )
+        if on_page is not None:
+            on_page(page, page_counts)
+        if not page.has_more:
+            return counts
+        if page.cursor == cursor and not page.changes:
+            raise SyncError(
+                f"Remote reported more changes after cursor {cursor} but sent none"
+            )

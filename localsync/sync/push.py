@@ -1,0 +1,90 @@
+"""Pushing pending ops to the remote, batch by batch, in seq order."""
+
+from __future__ import annotations
+
+import logging
+
+from localsync.errors import SyncError
+from localsync.store import Replica
+from localsync.sync.apply import PushCounts, apply_push_results
+from localsync.sync.remote import DEFAULT_MAX_BATCH, BatchTooLarge, PushOp, Remote
+
+logger = logging.getLogger(__name__)
+
+
+def pending_ops(
+    replica: Replica, *, limit: int | None = None, after_seq: int = 0
+) -> list[PushOp]:
+    """Return the replica's pending ops in seq order, after ``after_seq``."""
+    sql = (
+        "SELECT op_id, seq, item_id, task_id, status, hlc, creator FROM journal"
+        " WHERE state = 'pending' AND replica_id = ? AND seq > ? ORDER BY seq"
+    )
+    params: list[object] = [replica.replica_id, after_seq]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [PushOp(*row) for row in replica.conn.execute(sql, params).fetchall()]
+
+
+def pending_count(replica: Replica) -> int:
+    row = replica.conn.execute(
+        "SELECT COUNT(*) FROM journal WHERE state = 'pending'"
+    ).fetchone()
+    return int(row[0])
+
+
+def push_pending(
+    replica: Replica, remote: Remote, *, batch_size: int = DEFAULT_MAX_BATCH
+) -> PushCounts:
+    """Push every pending op; each batch is marked locally before the next is sent.
+
+    Raises ``EpochMismatch`` or ``SeqConflict`` (from the remote) for the engine to
+    handle; nothing of the refused batch was applied on either side.
+    """
+    epoch, dataset_id = replica.setting("epoch"), replica.dataset_id
+    if epoch is None or dataset_id is None:
+        raise SyncError(
+            f"Replica {str(replica.path)!r} has not pulled from its remote yet; run "
+            "'localsync sync' (or 'localsync clone') first"
+        )
+    counts = PushCounts()
+    size = max(1, batch_size)
+    after_seq = 0
+    while True:
+        ops = pending_ops(replica, limit=size, after_seq=after_seq)
+        if not ops:
+            return counts
+        try:
+            response = remote.push(
+                replica_id=replica.replica_id,
+                epoch=epoch,
+                dataset_id=dataset_id,
+                ops=ops,
+            )
+        except BatchTooLarge as exc:
+            smaller = (
+                exc.max_batch if exc.max_batch and exc.max_batch < size else size // 2
+            )
+            if smaller < 1 or smaller >= size:
+                raise
+            logger.warning(
+                "remote takes at most %d ops per push; retrying smaller", smaller
+            )
+            size = smaller
+            continue
+        batch = apply_push_results(replica, ops, response)
+        counts.add(batch)
+        logger.info(
+            "pushed %d ops (seq %d-%d): %d applied, %d superseded, %d rejected",
+            len(ops),
+            ops[0].seq,
+            ops[-1].seq,
+            batch.applied,
+            batch.superseded,
+            batch.rejected,
+        )
+        size = min(size, response.max_batch)
+        # Ops without a result stay pending for the next sync; skip past them so
+        # one missing result cannot make this loop send the same batch forever.
+        after_seq = ops[-1].seq

@@ -1,0 +1,178 @@
+"""Watch mode: push soon after any process journals an op, pull on an interval.
+
+A watchdog observer on the replica's folder wakes the loop when the replica file or
+its write-ahead log changes. The loop then pushes only if the journal holds pending
+ops newer than the ones its last push started from, so the loop's own writes
+(marking ops, applying pulls) do not wake it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from localsync.errors import LocalsyncError
+from localsync.store import Replica
+from localsync.sync.engine import SyncEngine, SyncReport
+from localsync.sync.remote import Remote
+from localsync.sync.retry import SyncStopped
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 60.0
+# A burst of writes is collapsed into one push: wait until the files are quiet for
+# SETTLE seconds, but no longer than MAX_SETTLE after the first change.
+SETTLE = 0.2
+MAX_SETTLE = 2.0
+# After a failed sync, wait this long (doubling up to the interval) before the next.
+FIRST_FAILURE_WAIT = 1.0
+
+
+class _FileChanges(FileSystemEventHandler):
+    def __init__(self, paths: set[str], wake: threading.Event) -> None:
+        self.paths = paths
+        self.wake = wake
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = {str(event.src_path), str(getattr(event, "dest_path", "") or "")}
+        if paths & self.paths:
+            self.wake.set()
+
+
+@dataclass
+class WatchStats:
+    """What a watch session did; ``push_latencies`` are seconds from the first file
+    change of a burst to the end of the push it caused."""
+
+    syncs: int = 0
+    pushes: int = 0
+    failures: int = 0
+    ignored_wakeups: int = 0
+    push_latencies: list[float] | None = None
+
+
+class Watcher:
+    """Runs syncs of one replica until ``stop`` is set.
+
+    ``make_remote`` is called for every sync, so a token replaced with
+    ``localsync login`` meanwhile is used from the next sync on.
+    """
+
+    def __init__(
+        self,
+        replica: Replica,
+        make_remote: Callable[[], Remote],
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        stop: threading.Event | None = None,
+        engine_options: dict[str, int] | None = None,
+        on_report: Callable[[str, SyncReport], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self.make_remote = make_remote
+        self.interval = interval
+        self.stop = stop or threading.Event()
+        self.engine_options = engine_options or {}
+        self.on_report = on_report
+        self.wake = threading.Event()
+        self.stats = WatchStats(push_latencies=[])
+        self._pushed_from_rowid = 0
+
+    def run(self) -> WatchStats:
+        """Sync now, then push on journal writes and sync every ``interval`` seconds."""
+        path = self.replica.path.resolve()
+        watched = {str(path), f"{path}-wal"}
+        observer = Observer()
+        observer.schedule(
+            _FileChanges(watched, self.wake), str(path.parent), recursive=False
+        )
+        observer.start()
+        logger.info(
+            "watching %s: push on journal writes, sync every %.0f s",
+            path,
+            self.interval,
+        )
+        try:
+            self._loop()
+        finally:
+            observer.stop()
+            observer.join()
+            logger.info(
+                "watch stopped after %d syncs and %d pushes",
+                self.stats.syncs,
+                self.stats.pushes,
+            )
+        return self.stats
+
+    def _loop(self) -> None:
+        next_sync = time.monotonic()
+        failure_wait = FIRST_FAILURE_WAIT
+        while not self.stop.is_set():
+            woke = self.wake.wait(max(0.0, next_sync - time.monotonic()))
+            if self.stop.is_set():
+                return
+            if woke:
+                first_change = time.monotonic()
+                self._settle(first_change)
+                if not self._has_new_pending():
+                    self.stats.ignored_wakeups += 1
+                    continue
+                kind = "push"
+            else:
+                kind = "sync"
+                first_change = None
+
+            if self._run(kind, first_change):
+                failure_wait = FIRST_FAILURE_WAIT
+                if kind == "sync":
+                    next_sync = time.monotonic() + self.interval
+            else:
+                logger.warning("next sync attempt in %.1f s", failure_wait)
+                next_sync = time.monotonic() + failure_wait
+                failure_wait = min(self.interval, failure_wait * 2)
+
+    def _settle(self, first_change: float) -> None:
+        while time.monotonic() - first_change < MAX_SETTLE:
+            self.wake.clear()
+            if not self.wake.wait(SETTLE) or self.stop.is_set():
+                return
+        self.wake.clear()
+
+    def _has_new_pending(self) -> bool:
+        row = self.replica.conn.execute(
+            "SELECT 1 FROM journal WHERE state = 'pending' AND rowid > ? LIMIT 1",
+            (self._pushed_from_rowid,),
+        ).fetchone()
+        return row is not None
+
+    def _run(self, kind: str, first_change: float | None) -> bool:
+        row = self.replica.conn.execute(
+            "SELECT COALESCE(MAX(rowid), 0) FROM journal"
+        ).fetchone()
+        started_from = int(row[0])
+        try:
+            with self.make_remote() as remote:
+                engine = SyncEngine(self.replica, remote, **self.engine_options)
+                report = engine.push() if kind == "push" else engine.sync()
+        except SyncStopped:
+            return True
+        except LocalsyncError as exc:
+            self.stats.failures += 1
+            logger.warning("%s failed: %s", kind, exc)
+            return False
+        self._pushed_from_rowid = max(self._pushed_from_rowid, started_from)
+        if kind == "push":
+            self.stats.pushes += 1
+            if first_change is not None and self.stats.push_latencies is not None:
+                self.stats.push_latencies.append(time.monotonic() - first_change)
+        else:
+            self.stats.syncs += 1
+        if self.on_report is not None:
+            self.on_report(kind, report)
+        return True
