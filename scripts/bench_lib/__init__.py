@@ -1,0 +1,1 @@
+"""The benchmark suite run by ``scripts/bench``: datasets, scenarios and the report."""
