@@ -87,14 +87,18 @@ class Entity:
         return f"{type(self).__name__}(id={self.id!r}, name={self.name!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.id == self.id  # type: ignore[attr-defined]
+        return (
+            isinstance(other, Entity)
+            and type(other) is type(self)
+            and other.id == self.id
+        )
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.id))
 
     @property
     def id(self) -> str:
-        return self._json["id"]
+        return str(self._json["id"])
 
     @property
     def name(self) -> str | None:
@@ -102,7 +106,8 @@ class Entity:
 
     @property
     def metadata(self) -> JSONDict:
-        return self._json.setdefault("metadata", {})
+        metadata: JSONDict = self._json.setdefault("metadata", {})
+        return metadata
 
     @property
     def created_at(self) -> str | None:
@@ -319,13 +324,15 @@ class Item(Entity):
 
     @property
     def system(self) -> JSONDict:
-        return self.metadata.get("system", {})
+        system: JSONDict = self.metadata.get("system", {})
+        return system
 
     @property
     def description(self) -> str | None:
-        if self._json.get("description") is not None:
-            return self._json["description"]
-        return (self.metadata.get("description") or {}).get("text")
+        description = self._json.get("description")
+        if description is None:
+            description = (self.metadata.get("description") or {}).get("text")
+        return None if description is None else str(description)
 
     @property
     def mimetype(self) -> str | None:

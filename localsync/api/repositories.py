@@ -7,6 +7,7 @@ project or dataset would be in the SDK.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import logging
 from typing import TYPE_CHECKING, Any
@@ -147,8 +148,8 @@ class Items:
                 "404",
                 f'More than one item found. Please "get" by id. filepath: "{filepath}"',
             )
-        item: Item = pages.items[0]
-        return item
+        found: Item = pages.items[0]
+        return found
 
     def list(
         self,
@@ -193,7 +194,7 @@ class Items:
         self,
         status: Any,
         items: Any = None,
-        item_ids: str | list[str] | None = None,
+        item_ids: str | builtins.list[str] | None = None,
         filters: Filters | None = None,
         dataset: Dataset | None = None,
         clear: bool = False,
@@ -351,7 +352,7 @@ class Tasks:
         return items._pages(filters, task_id=task.id)
 
     def set_status(
-        self, status: str, operation: str, task_id: str, item_ids: list[str]
+        self, status: str, operation: str, task_id: str, item_ids: builtins.list[str]
     ) -> StatusResult:
         """Set (``"create"``) or clear (``"delete"``) items' status in a task.
 

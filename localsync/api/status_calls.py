@@ -159,6 +159,8 @@ def update_many(
     """
     store = api.store
     ids = list(dict.fromkeys(item_ids))
+    groups: dict[str, list[str]]
+    missing: list[str]
     if task_id is not None:
         store.get_task(task_id)
         groups, missing = {task_id: ids}, []
