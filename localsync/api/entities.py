@@ -132,7 +132,7 @@ class Entity:
     def _replace_json(self, _json: JSONDict) -> None:
         """Take the newer stored JSON, keeping the ``metadata`` dict object.
 
-        A caller that holds ``item.metadata`` sees the new values too.
+        A caller that kept a reference to ``item.metadata`` sees the new values too.
         """
         metadata = self._json.get("metadata")
         self._json = _json
@@ -367,9 +367,10 @@ class Item(Entity):
     ) -> StatusResult:
         """Set (or with ``clear``, remove) this item's status in one task.
 
-        With no id given, the task is picked with the SDK's rule: at most two refs,
-        the last assignment ref wins, else the last task ref; otherwise
-        ``BadRequest('400', 'must provide assignment_id or task_id')``. An
+        With no id given, the task is picked with the SDK's rule. If the item has at
+        most two refs, the last assignment ref wins, else the last task ref. With
+        more refs the call raises ``BadRequest('400', 'must provide assignment_id
+        or task_id')``. An
         assignment stands for its task. Raises ``NotFound`` naming the task when
         the item is not in it, and ``BadRequest`` listing the allowed statuses for
         a status the task does not offer. The change is journaled, this object

@@ -1,8 +1,8 @@
 """Pages of query results, paged the way dtlpy's ``PagedEntities`` pages them.
 
-The first page (``page_offset`` 0) of an item query with no custom filter and no
-sort on a field other than ``id`` or ``createdAt`` uses keyset paging: the query is
-sorted by ``id`` and each next page adds ``{"id": {"$gt": last_id}}`` while the
+Keyset paging serves an item query that starts at ``page_offset`` 0 with no custom
+filter and no sort on a field other than ``id`` or ``createdAt``. Its query is
+sorted by ``id``, and each next page adds ``{"id": {"$gt": last_id}}`` while the
 request keeps ``page: 0``. Every other query uses offset paging. Iterating starts
 again from the first page, as in dtlpy 1.126.5.
 """

@@ -1,6 +1,6 @@
 """Repositories of the dtlpy-shaped API: projects, datasets, items, tasks, assignments.
 
-Names, arguments and error texts follow dtlpy 1.126.5. A replica holds one project
+Names, arguments and error texts follow dtlpy 1.126.5. A replica contains one project
 and one dataset, so ``get()`` with no name or id returns that one, as a checked-out
 project or dataset would be in the SDK.
 """
@@ -205,7 +205,7 @@ class Items:
         be pages of any length (``task.get_items()`` pages use their task), a list,
         or one item. With no task implied, each item's task is picked with the SDK's
         rule and the items are journaled in one store call per task. Unlike the SDK,
-        ``item_ids`` works, as the replica holds the items. Items missing or not in
+        ``item_ids`` works, because the replica has the items. Items missing or not in
         their task are skipped and counted; the given item objects are refreshed.
         """
         if items is None and item_ids is None and filters is None:

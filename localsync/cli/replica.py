@@ -218,8 +218,12 @@ def _with_task_condition(body: JSONDict, task_id: str) -> JSONDict:
 @click.argument(
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option("--project", required=True, help="Project name the replica records.")
-@click.option("--dataset", required=True, help="Dataset name the replica records.")
+@click.option(
+    "--project", required=True, metavar="NAME", help="Project name the replica records."
+)
+@click.option(
+    "--dataset", required=True, metavar="NAME", help="Dataset name the replica records."
+)
 @store_option
 def import_command(
     directory: Path, project: str, dataset: str, store_path: Path
@@ -242,11 +246,18 @@ def import_command(
 
 @click.group("task")
 def task_group() -> None:
-    """Create tasks in a replica that has no remote."""
+    """Create tasks in a replica that has no remote.
+
+    \b
+    Example:
+      localsync task create --name review --assignee ann@example.com
+    """
 
 
 @task_group.command("create")
-@click.option("--name", required=True, help="Task name, unique in the dataset.")
+@click.option(
+    "--name", required=True, metavar="NAME", help="Task name, unique in the dataset."
+)
 @click.option(
     "--type",
     "task_type",
@@ -272,7 +283,9 @@ def task_group() -> None:
 )
 @filter_json_option
 @click.option(
-    "--parent-task", help="For a QA task: take the items that have a status there."
+    "--parent-task",
+    metavar="NAME",
+    help="For a QA task: take the items that have a status there.",
 )
 @store_option
 @with_api
@@ -328,7 +341,9 @@ def task_create_command(
 
 @click.command("items")
 @filter_json_option
-@click.option("--task", "task_name", help="Only items of this task (by name).")
+@click.option(
+    "--task", "task_name", metavar="NAME", help="Only items of this task (by name)."
+)
 @click.option(
     "--limit", type=click.IntRange(min=0), help="Print at most this many items."
 )
@@ -353,8 +368,8 @@ def items_command(
     """Print the items a query selects, with their statuses.
 
     Without --filter-json the default filter applies (files that are not hidden).
-    JSON output is an array of the items' platform JSON over all pages; csv and
-    table print the id, the filename and the status in each task.
+    JSON output is an array of the items' platform JSON over all pages. The csv
+    and table formats print the id, the filename and the status in each task.
 
     \b
     Example:
@@ -418,7 +433,13 @@ def _status_row(item: JSONDict, tasks: dict[str, str | None]) -> JSONDict:
 
 @click.group("status")
 def status_group() -> None:
-    """Set or clear item statuses; each change is journaled for the next sync."""
+    """Set or clear item statuses; each change is journaled for the next sync.
+
+    \b
+    Example:
+      localsync status set completed --all --task review
+      localsync status clear --item 64f1c0e5a1b2c3d4e5f60718 --task review
+    """
 
 
 def status_target_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -440,6 +461,7 @@ def status_target_options(function: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--task",
             "task_name",
+            metavar="NAME",
             help="Task (by name) whose status to change; without it each item's task "
             "is picked as the SDK picks it (one or two refs).",
         ),
