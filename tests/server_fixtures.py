@@ -2,8 +2,8 @@
 
 Use it as a plugin (``pytest_plugins = ["tests.server_fixtures"]``) or import the
 fixtures by name. Each test module gets one server on a free 127.0.0.1 port over a
-temporary SQLite database; ``server_storage`` is the same database, for seeding and
-for checking what requests changed.
+temporary SQLite database. ``server_storage`` opens the same database, for seeding it
+and for checking what requests changed.
 """
 
 from __future__ import annotations

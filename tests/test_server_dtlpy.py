@@ -72,7 +72,7 @@ def dataset(dl: ModuleType) -> Any:
 def count_with_status(
     http: httpx.Client, world: dict[str, Any], status: str, extra: list | None = None
 ) -> int:
-    """Count items whose task ref has ``status``, through the server's query endpoint."""
+    """Count items whose task ref has ``status``, by the server's query endpoint."""
     condition = {
         "metadata.system.refs": {
             "$match": {

@@ -36,7 +36,7 @@ access_logger = logging.getLogger("localsync.server.access")
 
 @dataclass
 class RequestContext:
-    """What a handler gets: the storage, the caller and the parsed request."""
+    """The input of a handler: the storage, the caller and the parsed request."""
 
     storage: Storage
     principal: Principal | None

@@ -1,7 +1,7 @@
 """JSON shapes of projects, datasets, tasks and assignments, and item links.
 
-The shapes carry the fields ``dtlpy`` 1.126.5 reads from the platform; the URL fields
-of an item are added per response from the request's base URL and never stored.
+The shapes carry the fields that ``dtlpy`` 1.126.5 reads from the platform. The URL
+fields of an item are built per response from the request's base URL, never stored.
 """
 
 from __future__ import annotations

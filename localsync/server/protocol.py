@@ -1,7 +1,7 @@
 """Checking sync protocol requests: push bodies and pull query parameters.
 
-The JSON Schemas in ``schema/sync/`` describe the same bodies; these checks run by
-hand so the server needs no schema library, and each error names the field.
+The JSON Schemas in ``schema/sync/`` describe the same bodies. These checks are
+written by hand, so the server needs no schema library and each error names the field.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Register rules every storage backend shares: LWW order, the future cap, op hashes.
 
 A register is the status of one item in one task. A write wins when its HLC string
-sorts after the register's; the fixed-width HLC strings sort in
-``(wall_ms, counter, node)`` order, so plain string comparison is LWW order.
+sorts after the register's. Fixed-width HLC strings sort in ``(wall_ms, counter,
+node)`` order, so plain string comparison is LWW order.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ from localsync.statuses import add_ref, iso_timestamp
 
 logger = logging.getLogger(__name__)
 
-# Items written per transaction during an import, so readers are never blocked long.
+# Items written per transaction during an import, which bounds how long one
+# import transaction holds the write lock.
 IMPORT_BATCH = 500
 
 # Fields a status call owns; a PATCH never changes them.

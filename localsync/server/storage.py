@@ -104,7 +104,7 @@ class ImportCounts:
 
 @dataclass(frozen=True)
 class NewTask:
-    """What an administrator asks for when creating a task."""
+    """The request of an administrator to create a task."""
 
     project_id: str
     dataset_id: str
@@ -178,8 +178,8 @@ class Storage(ABC):
     ) -> ImportCounts:
         """Store exported items; an unchanged item keeps its row and feed entry.
 
-        ``now`` is the time the export records were derived with, so an import
-        timestamp can be told apart from one the export carried.
+        ``now`` is the time passed to the export derivation, so a timestamp that
+        the import filled in can be distinguished from one the export contains.
         """
 
     @abstractmethod
@@ -241,8 +241,8 @@ class Storage(ABC):
         """Apply a batch of ops exactly once, last-write-wins by HLC.
 
         Raises ``Forbidden`` when the replica id belongs to another user and
-        ``SeqConflict`` when a seq was stored with other content; neither
-        changes anything.
+        ``SeqConflict`` when a seq was stored with other content. Either error
+        rolls back the whole batch.
         """
 
     @abstractmethod

@@ -102,7 +102,8 @@ CREATE TABLE IF NOT EXISTS replicas (
     created_at INTEGER NOT NULL
 );
 
--- Each pushed op, so a retried batch is answered from here and changes nothing.
+-- Each pushed op with its result, so a retried batch gets the stored results and
+-- changes nothing.
 CREATE TABLE IF NOT EXISTS pushed_ops (
     replica_id TEXT NOT NULL REFERENCES replicas (replica_id),
     seq INTEGER NOT NULL,
