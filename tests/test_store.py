@@ -67,8 +67,12 @@ def test_newer_schema_version_is_rejected(replica_path: Path) -> None:
     conn = sqlite3.connect(replica_path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
+    before = replica_path.read_bytes()
+
     with pytest.raises(SchemaVersionError, match="upgrade localsync"):
         Replica(replica_path)
+
+    assert replica_path.read_bytes() == before
 
 
 def test_single_status_journals_and_applies(replica_path: Path) -> None:

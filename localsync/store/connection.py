@@ -56,16 +56,33 @@ def _create_private_file(path: Path) -> None:
 
 
 def _check_sqlite_header(path: Path) -> None:
+    """Reject a file that is not SQLite, or of a newer schema, before writing to it.
+
+    Switching a file to WAL rewrites its header, so both checks read the raw
+    header: the magic string at offset 0 and ``user_version`` at offset 60.
+    """
     try:
         with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+            header = handle.read(64)
     except OSError as exc:
         raise StoreError(f"Replica file {str(path)!r} cannot be read: {exc}") from exc
     # An empty file is what a crash during creation leaves; SQLite can start it anew.
-    if header and header != SQLITE_HEADER:
+    if not header:
+        return
+    if not header.startswith(SQLITE_HEADER):
         raise StoreError(
             f"{str(path)!r} is not a localsync replica (not an SQLite database); "
             "pass the path of a replica file"
+        )
+    if len(header) == 64:
+        _check_version(int.from_bytes(header[60:64], "big"), path)
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"Replica {str(path)!r} has schema version {version}, but this localsync "
+            f"supports up to {SCHEMA_VERSION}; upgrade localsync to open it"
         )
 
 
@@ -96,11 +113,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{str(path)!r} is damaged: {exc}") from exc
-    if version > SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"Replica {str(path)!r} has schema version {version}, but this localsync "
-            f"supports up to {SCHEMA_VERSION}; upgrade localsync to open it"
-        )
+    _check_version(version, path)
     if version == SCHEMA_VERSION:
         _check_is_replica(conn, path)
         return
