@@ -151,6 +151,23 @@ def test_import_bad_file_changes_nothing(db: str, tmp_path: Path) -> None:
     assert not Path(db).exists()
 
 
+def test_import_empty_dataset_name(db: str, small_export: Path) -> None:
+    result = run(
+        "server",
+        "import",
+        str(small_export),
+        "--project",
+        "p",
+        "--dataset",
+        " ",
+        "--db",
+        db,
+    )
+    assert result.exit_code == 1
+    assert "Error: --dataset ' ' is empty" in result.output
+    assert not Path(db).exists()
+
+
 def test_import_into_second_dataset_is_rejected(db: str, small_export: Path) -> None:
     imported(db, small_export)
     result = run(
@@ -274,6 +291,7 @@ def test_qa_task_takes_items_with_status(db: str, small_export: Path) -> None:
         (["--name", "t", "--status", " "], 1, "non-empty"),
         (["--name", "t", "--type", "review"], 2, "review"),
         (["--name", "existing"], 1, "already exists"),
+        (["--name", ""], 1, "--name '' is empty"),
     ],
 )
 def test_task_create_bad_input(
@@ -469,10 +487,7 @@ def _wait_for(url: str) -> httpx.Response:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (
-            ["--db", "postgresql://localhost/x"],
-            "PostgreSQL storage backend is not available",
-        ),
+        (["--db", "postgresql://127.0.0.1:9/x"], "PostgreSQL"),
         (["--db", "{tmp}/no/such/folder/s.db"], "does not exist"),
         (["--db", "{tmp}/s.db", "--ssl-certfile", "{tmp}/cert.pem"], "go together"),
         (

@@ -29,6 +29,15 @@ def db_option(function: Any) -> Any:
     )
 
 
+def check_names(**names: str) -> None:
+    """Raise ``Error: ...`` for an empty or blank name option."""
+    for option, value in names.items():
+        if not value.strip():
+            raise click.ClickException(
+                f"--{option} {value!r} is empty; pass a name with at least one character"
+            )
+
+
 @contextmanager
 def admin_errors() -> Iterator[None]:
     """Turn localsync errors into ``Error: ...`` on stderr and exit status 1."""
@@ -157,6 +166,7 @@ def import_command(
     from localsync.exports import exported_items, read_export_records
     from localsync.statuses import iso_timestamp
 
+    check_names(project=project_name, dataset=dataset_name)
     with admin_errors():
         # Check every file before the first write, so a bad file changes nothing.
         record_count = sum(1 for _ in read_export_records(directory))
@@ -272,6 +282,7 @@ def task_create(
     """
     from localsync.server.storage import NewTask
 
+    check_names(name=name)
     query = _parse_filter(filter_json)
     for status in statuses:
         if not status.strip():
