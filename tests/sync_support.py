@@ -172,7 +172,7 @@ class World:
     def rest_set_status(
         self, item_ids: list[str], status: str | None, user: str = "online@example.com"
     ) -> None:
-        """Write statuses as an online REST user would (stamped with the server's HLC)."""
+        """Write statuses as an online REST user does, stamped by the server's HLC."""
         self.storage.set_statuses(self.task["id"], item_ids, status, user_email=user)
 
 

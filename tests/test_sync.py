@@ -210,11 +210,18 @@ def test_new_epoch_refetches_and_loses_nothing(world: World, tmp_path: Path) -> 
     world.runner.replace_database(backup)
     world.rest_set_status([applied_items[0]], "approved")
 
+    with open_remote(replica, retry=fast_retry()) as remote:
+        refetch = SyncEngine(replica, remote).pull()
+    assert refetch.epoch_changed
+    # The re-fetched items show the pending ops, which are newer than the server.
+    view = replica_statuses(replica, task_id)
+    assert all(view[item] == "discard" for item in pending_items)
+
     report = sync(replica)
 
-    assert report.epoch_changed
     assert replica.setting("epoch") == "restored0epoch"
-    assert report.reasserted == 9
+    assert refetch.reasserted == 9
+    assert report.push.applied == 19
     server = world.server_statuses()
     assert server[applied_items[0]] == "approved"
     assert all(server[item] == "completed" for item in applied_items[1:])
@@ -287,6 +294,27 @@ def test_deleted_item_quarantines_its_ops(world: World) -> None:
             ).fetchone()[0]
             == 0
         )
+
+
+def test_pulled_item_keeps_pending_status(world: World) -> None:
+    replica = world.clone()
+    task_id, item_id = world.task["id"], world.item_ids[6]
+    set_statuses(replica, task_id, [item_id], "approved")
+    world.storage.patch_item(
+        item_id,
+        {"metadata": {"user": {"reviewed": True}}},
+        system=False,
+        user_email="online@example.com",
+    )
+
+    with open_remote(replica, retry=fast_retry()) as remote:
+        report = SyncEngine(replica, remote).pull()
+
+    assert report.pull.items == 1
+    item = replica.get_item(item_id)
+    assert item["metadata"]["user"]["reviewed"] is True
+    assert replica_statuses(replica, task_id)[item_id] == "approved"
+    assert item["metadata"]["system"]["annotationStatus"] == ["approved"]
 
 
 def test_pulled_tombstone_rejects_pending_ops(world: World) -> None:

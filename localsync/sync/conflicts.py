@@ -341,7 +341,7 @@ def _merge_remote_write(
             "hlc": write.get("hlc"),
             "taskId": write.get("taskId"),
             "status": write.get("status"),
-            "creator": write.get("creator") or write.get("userEmail"),
+            "creator": write.get("creator") or write.get("user"),
             "source": write.get("source"),
             "replicaId": write.get("replicaId"),
             "opId": op_id,
