@@ -129,6 +129,7 @@ def test_health_needs_no_token(live_server: LiveServer) -> None:
 def test_bad_tokens_get_401(
     live_server: LiveServer,
     token_factory,
+    world,
     header: str | None,
 ) -> None:
     import jwt
@@ -153,10 +154,39 @@ def test_bad_tokens_get_401(
     headers = {"Authorization": header} if header else {}
     before = database_fingerprint(live_server.storage)
 
-    response = httpx.get(f"{live_server.api}/users/me", headers=headers)
+    me = httpx.get(f"{live_server.api}/users/me", headers=headers)
+    write = httpx.post(
+        f"{live_server.api}/assignments/items/tasks/{world['review']['id']}/status",
+        json={
+            "itemIds": world["a_items"],
+            "statusPayload": {"operation": "create", "status": "completed"},
+        },
+        headers=headers,
+    )
 
-    assert response.status_code == 401
-    assert response.json()["message"]
+    assert me.status_code == 401
+    assert me.json()["message"]
+    assert write.status_code == 401
+    assert database_fingerprint(live_server.storage) == before
+
+
+def test_token_for_other_project_cannot_write(
+    live_server: LiveServer, token_factory, world
+) -> None:
+    token = token_factory(projects=[world["other"]["projects"][0]])
+    before = database_fingerprint(live_server.storage)
+
+    response = httpx.post(
+        f"{live_server.api}/assignments/items/tasks/{world['review']['id']}/status",
+        json={
+            "itemIds": world["a_items"],
+            "statusPayload": {"operation": "create", "status": "completed"},
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+    assert response.status_code == 403
+    assert live_server.project["id"] in response.json()["message"]
     assert database_fingerprint(live_server.storage) == before
 
 
@@ -432,6 +462,8 @@ def test_assignments_list_and_get(
         "/assignments", params={"projects": world["other"]["projects"][0]}
     )
     assert forbidden.status_code == 403
+    assert client.get("/assignments", params={"pageSize": 0}).status_code == 400
+    assert client.get("/assignments", params={"page": "x"}).status_code == 400
 
 
 def test_items_dealt_round_robin(client: httpx.Client, world) -> None:

@@ -42,7 +42,9 @@ def assignments_list(context: RequestContext) -> JSON:
     task_id = context.query.get("taskId") or None
     assignments = context.storage.assignments(projects, task_id=task_id)
     page = _query_integer(context, "page", 0)
-    page_size = min(_query_integer(context, "pageSize", 1000), 1000) or 1
+    page_size = min(_query_integer(context, "pageSize", 1000), 1000)
+    if page_size < 1:
+        raise InvalidQuery("Query parameter pageSize must be at least 1")
     window = assignments[page * page_size : (page + 1) * page_size]
     return paged_response(
         window, total=len(assignments), page=page, page_size=page_size

@@ -398,6 +398,8 @@ def _rejection(
 
 
 def pull(db: SQLiteDatabase, dataset_id: str, *, cursor: int, limit: int) -> PullPage:
+    # One writer at a time assigns seqs and commits in the same order, so a
+    # snapshot never lacks a seq below one it contains, and the cursor is safe.
     with db.read() as connection:
         rows = connection.execute(
             "SELECT seq, kind, entity_id, deleted FROM changes "
