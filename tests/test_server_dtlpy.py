@@ -287,3 +287,29 @@ def test_keyset_iteration_yields_each_item_once(dl, dtlpy_client, live_server) -
     assert sorted(seen) == sorted(record["_id"] for record in records)
     # One request for list() and three for the pages of the iteration.
     assert live_server.requests.count(query_path) - before == 4
+
+
+def test_item_get_by_filepath(dataset, http, world) -> None:
+    item_id = first_item_id(http, world, "/Merino")
+    filename = dataset.items.get(item_id=item_id).filename
+
+    item = dataset.items.get(filepath=filename)
+
+    assert item.id == item_id
+
+
+def test_task_assignments(dl, dataset, world) -> None:
+    task = dataset.tasks.get(task_id=world["task"]["id"])
+
+    assignments = task.assignments.list()
+    one = dl.assignments.get(assignment_id=world["task"]["assignmentIds"][0])
+
+    annotators = sorted(assignment.annotator for assignment in assignments)
+    assert annotators == ["ann1@example.com", "ann2@example.com"]
+    assert one.annotator == "ann1@example.com"
+    assert one.task_id == world["task"]["id"]
+
+
+def test_tasks_list(dataset, world) -> None:
+    tasks = dataset.tasks.list()
+    assert [task.id for task in tasks] == [world["task"]["id"]]
