@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localsync.errors import StoreError
 from localsync.exports import ExportedItem
 
 JSON = dict[str, Any]
@@ -252,10 +251,9 @@ class Storage(ABC):
 def open_storage(url: str) -> Storage:
     """Open the storage a ``--db`` value names: a SQLite path or a PostgreSQL URL."""
     if url.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            "The PostgreSQL storage backend is not available yet, so a "
-            "postgresql:// database cannot be opened; pass a SQLite file path instead"
-        )
+        from localsync.server.postgres_storage import PostgresStorage
+
+        return PostgresStorage(url)
     from localsync.server.sqlite_storage import SQLiteStorage
 
     return SQLiteStorage(url)
