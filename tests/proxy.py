@@ -11,7 +11,8 @@ loopback, parsing each request and response so a fault can be chosen per connect
 
 Rules are tried in the order they were added; the first one that matches and has
 uses left is consumed. ``chooser`` replaces the rules with a function, for random
-faults. Everything the proxy did is in ``events``.
+faults. The faults the proxy applied are in ``events``, every request it read is in
+``requests``.
 """
 
 from __future__ import annotations
@@ -250,6 +251,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.chooser: Callable[[RequestInfo, bool], Fault] | None = None
         self.events: list[Event] = []
+        self.requests: list[RequestInfo] = []
         self._lock = threading.Lock()
         self._connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -341,6 +343,8 @@ class FaultProxy:
 
     def _choose(self, info: RequestInfo, on_accept: bool) -> Fault:
         with self._lock:
+            if not on_accept:
+                self.requests.append(info)
             if self.chooser is not None:
                 fault = self.chooser(info, on_accept)
             else:

@@ -1,0 +1,341 @@
+"""The sync area of the command line: clone, login, sync (plain, dry run, repeated),
+with every bad input answered by ``Error: ...`` and nothing changed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from localsync.cli import main
+from localsync.store import Replica, import_exports
+from localsync.sync import SyncEngine, open_remote
+from tests.sync_support import (
+    DATASET,
+    PROJECT,
+    World,
+    cli_env,
+    journal_states,
+    localsync_command,
+    make_world,
+    set_statuses,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    world = make_world(tmp_path_factory.mktemp("cli"), 15)
+    yield world
+    world.runner.close()
+
+
+def invoke(*args: str, **env: str) -> Result:
+    return CliRunner(env=env or None).invoke(main, list(args))
+
+
+def clone_args(world: World, store: Path, *extra: str) -> list[str]:
+    return [
+        "clone",
+        world.url,
+        "--project",
+        PROJECT,
+        "--dataset",
+        DATASET,
+        "--token",
+        world.token,
+        "--store",
+        str(store),
+        *extra,
+    ]
+
+
+@pytest.fixture
+def store(world: World, tmp_path: Path) -> Path:
+    path = tmp_path / "replica.db"
+    result = invoke(*clone_args(world, path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_clone_prints_summary_and_progress(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "clone.db"
+    result = invoke(*clone_args(world, path))
+
+    assert result.exit_code == 0, result.stderr
+    assert "Cloned dataset 'sync-dataset' of project 'sync-project'" in result.stdout
+    with Replica(path) as replica:
+        items = replica.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    assert f": {items} items" in result.stdout
+    assert "Cloning items" in result.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_clone_accepts_api_prefix_and_env_token(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "env.db"
+    result = invoke(
+        "clone",
+        f"{world.url}/api/v1/",
+        "--project",
+        PROJECT,
+        "--dataset",
+        DATASET,
+        "--store",
+        str(path),
+        LOCALSYNC_TOKEN=world.token,
+    )
+
+    assert result.exit_code == 0, result.stderr
+    with Replica(path) as replica:
+        assert replica.setting("token") == world.token
+        assert replica.setting("remote_url") == f"{world.url}/api/v1"
+
+
+def test_clone_again_resumes_same_file(world: World, store: Path) -> None:
+    world.rest_set_status([world.item_ids[0]], "approved")
+    result = invoke(*clone_args(world, store))
+
+    assert result.exit_code == 0, result.stderr
+    assert ": 0 items, 1 changes in 1 pages." in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"url": "ftp://127.0.0.1:1"},
+            "Remote URL 'ftp://127.0.0.1:1' is invalid; use http[s]://HOST:PORT",
+        ),
+        ({"url": "http://127.0.0.1:1/other"}, "is invalid"),
+        ({"url": "http://127.0.0.1:notaport"}, "invalid port"),
+        ({"token": "not-a-jwt"}, "Token is not a JWT"),
+        ({"project": "missing-project"}, "Project 'missing-project' not found"),
+        ({"dataset": "missing-dataset"}, "Dataset 'missing-dataset' not found"),
+    ],
+)
+def test_clone_bad_input_creates_nothing(
+    world: World, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    values = {
+        "url": world.url,
+        "project": PROJECT,
+        "dataset": DATASET,
+        "token": world.token,
+    } | change
+    path = tmp_path / "bad.db"
+
+    result = invoke(
+        "clone",
+        values["url"],
+        "--project",
+        values["project"],
+        "--dataset",
+        values["dataset"],
+        "--token",
+        values["token"],
+        "--store",
+        str(path),
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
+    assert message in result.stderr
+    assert not path.exists()
+
+
+def test_clone_rejected_token_names_login(world: World, tmp_path: Path) -> None:
+    forged = world.token[:-4] + ("AAAA" if not world.token.endswith("AAAA") else "BBBB")
+    result = invoke(
+        *clone_args(world, tmp_path / "x.db")[:-4],
+        "--token",
+        forged,
+        "--store",
+        str(tmp_path / "x.db"),
+    )
+
+    assert result.exit_code == 1
+    assert "returned 401" in result.stderr
+    assert "localsync login" in result.stderr
+
+
+def test_clone_without_token_is_usage_error(world: World, tmp_path: Path) -> None:
+    result = invoke(
+        "clone",
+        world.url,
+        "--project",
+        PROJECT,
+        "--dataset",
+        DATASET,
+        "--store",
+        str(tmp_path / "x.db"),
+    )
+    assert result.exit_code == 2
+    assert "Missing option '--token'" in result.stderr
+
+
+def test_clone_into_replica_of_other_dataset_fails(
+    world: World, tmp_path: Path, exports_dir: Path
+) -> None:
+    path = tmp_path / "other.db"
+    import_exports(exports_dir / "SheepFace", store=path, project="p", dataset="sheep")
+    with Replica(path) as replica:
+        before = replica.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    result = invoke(*clone_args(world, path))
+
+    assert result.exit_code == 1
+    assert "already holds dataset 'sheep'" in result.stderr
+    assert "another --store path" in result.stderr
+    with Replica(path) as replica:
+        assert (
+            replica.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] == before
+        )
+        assert replica.setting("remote_url") is None
+
+
+def test_login_replaces_token(world: World, store: Path) -> None:
+    from localsync.server.auth import issue_token
+
+    new_token = issue_token(
+        world.storage.meta().secret,
+        email="second@example.com",
+        project_ids=[world.project["id"]],
+    )
+    result = invoke("login", "--token", new_token, "--store", str(store))
+
+    assert result.exit_code == 0, result.stderr
+    assert "second@example.com" in result.stdout
+    with Replica(store) as replica:
+        assert replica.setting("token") == new_token
+        assert replica.setting("user_email") == "second@example.com"
+
+
+def test_login_bad_token_keeps_old(world: World, store: Path) -> None:
+    result = invoke("login", "--token", "abc.def", "--store", str(store))
+
+    assert result.exit_code == 1
+    assert "Token is not a JWT" in result.stderr
+    with Replica(store) as replica:
+        assert replica.setting("token") == world.token
+
+
+def test_sync_prints_summary(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], world.item_ids[:3], "completed")
+
+    result = invoke("sync", "--store", str(store))
+
+    assert result.exit_code == 0, result.stderr
+    assert "Pushed 3 ops: 3 applied, 0 superseded, 0 rejected." in result.stdout
+    assert "Pulled 3 changes in 1 pages." in result.stdout
+
+
+def test_sync_without_remote_fails(tmp_path: Path, exports_dir: Path) -> None:
+    path = tmp_path / "offline.db"
+    import_exports(exports_dir / "FruitImage", store=path, project="p", dataset="fruit")
+
+    result = invoke("sync", "--store", str(path))
+
+    assert result.exit_code == 1
+    assert "has no remote" in result.stderr
+    assert "'localsync clone'" in result.stderr
+
+
+def test_sync_missing_store_fails(tmp_path: Path) -> None:
+    result = invoke("sync", "--store", str(tmp_path / "none.db"))
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_dry_run_lists_winners_and_losers(world: World, store: Path) -> None:
+    task_id = world.task["id"]
+    winner, loser = world.item_ids[5], world.item_ids[6]
+    with Replica(store) as replica:
+        set_statuses(replica, task_id, [winner], "completed")
+        set_statuses(replica, task_id, [loser], "discard")
+        # A newer online write, which the replica learns of by a pull alone.
+        world.rest_set_status([loser], "approved")
+        with open_remote(replica) as remote:
+            SyncEngine(replica, remote).pull()
+    requests = world.server_count("SELECT COUNT(*) FROM pushed_ops")
+
+    result = invoke("sync", "--dry-run", "--store", str(store), "--format", "json")
+
+    assert result.exit_code == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["wouldPush"] == 2
+    assert plan["wouldLose"] == 1
+    verdicts = {op["itemId"]: op["verdict"] for op in plan["ops"]}
+    assert verdicts == {winner: "wins", loser: "loses"}
+    assert world.server_count("SELECT COUNT(*) FROM pushed_ops") == requests
+    with Replica(store) as replica:
+        assert journal_states(replica)["pending"] == 2
+
+    text = invoke("sync", "--dry-run", "--store", str(store))
+    assert "Would push 2 ops" in text.stdout
+    assert "(1 would lose" in text.stdout
+
+
+def test_dry_run_with_watch_is_usage_error(store: Path) -> None:
+    result = invoke("sync", "--dry-run", "--watch", "--store", str(store))
+    assert result.exit_code == 2
+    assert "--dry-run sends nothing" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--interval", "0"),
+        ("--max-attempts", "0"),
+        ("--batch-size", "1001"),
+        ("--format", "xml"),
+    ],
+)
+def test_sync_bad_option_is_usage_error(store: Path, option: str, value: str) -> None:
+    result = invoke("sync", option, value, "--store", str(store))
+    assert result.exit_code == 2
+    assert option in result.stderr
+
+
+def test_interval_repeats_plain_sync(world: World, store: Path, tmp_path: Path) -> None:
+    output = tmp_path / "reports.jsonl"
+
+    def reports() -> list[dict[str, int]]:
+        return [json.loads(line) for line in output.read_text().splitlines()]
+
+    with output.open("w") as handle:
+        process = subprocess.Popen(
+            localsync_command(
+                "sync", "--interval", "0.5", "--format", "json", "--store", str(store)
+            ),
+            env=cli_env(),
+            stdout=handle,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: len(reports()) >= 1, "the first sync")
+        with Replica(store) as replica:
+            set_statuses(replica, world.task["id"], [world.item_ids[9]], "discard")
+        wait_for(
+            lambda: world.server_statuses().get(world.item_ids[9]) == "discard",
+            "a later sync pushing the op",
+        )
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+
+    assert process.returncode == 0, err
+    assert len(reports()) >= 2
+    assert sum(report["applied"] for report in reports()) == 1
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.05)
