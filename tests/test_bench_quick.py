@@ -24,7 +24,15 @@ QUERY_SCENARIOS = {
     "query_refs_match",
     "query_label_join",
 }
-CORE_SCENARIOS = QUERY_SCENARIOS | {"status_bulk"}
+LOCAL_SCENARIOS = QUERY_SCENARIOS | {"status_bulk"}
+CORE_SCENARIOS = LOCAL_SCENARIOS | {
+    "sync_vs_update_status",
+    "sync_vs_task_set_status",
+    "sync_noop",
+    "watch_push",
+    "clone",
+    "demo",
+}
 
 
 def run_bench(
@@ -77,13 +85,17 @@ def test_quick_figures_well_formed(quick_run: tuple[Path, dict[str, Any]]) -> No
 
     assert results["figures"]
     for figure in results["figures"]:
-        for side in ("localsync", "reference"):
+        sides = [side for side in ("localsync", "reference", "http") if side in figure]
+        for side in sides:
             summary = figure[side]
             assert summary["runs"] >= 1
             assert 0 < summary["min"] <= summary["median"] <= summary["max"]
-        assert figure["ratio"] > 0
+        if "reference" in figure:
+            assert figure["ratio"] > 0
+        else:
+            assert figure["ratio"] is None
         assert figure["size"] >= 1
-        assert figure["items"] >= 1
+        assert figure["items"] >= 0
         for check in figure["checks"]:
             assert isinstance(check["met"], bool)
             assert check["target"]
@@ -91,9 +103,43 @@ def test_quick_figures_well_formed(quick_run: tuple[Path, dict[str, Any]]) -> No
 
 def test_quick_references_match(quick_run: tuple[Path, dict[str, Any]]) -> None:
     _, results = quick_run
+    checked = [f for f in results["figures"] if "reference_matches" in f]
 
-    for figure in results["figures"]:
+    assert {f["scenario"] for f in checked} == LOCAL_SCENARIOS
+    for figure in checked:
         assert figure["reference_matches"], figure["scenario"]
+
+
+def test_quick_http_queries_match(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = quick_run
+    queries = [f for f in results["figures"] if f["scenario"] in QUERY_SCENARIOS]
+
+    for figure in queries:
+        assert "http" in figure, figure["scenario"]
+        assert figure["http_matches"], figure["scenario"]
+
+
+def test_quick_sync_pushes_every_change(
+    quick_run: tuple[Path, dict[str, Any]],
+) -> None:
+    _, results = quick_run
+    figures = {f["scenario"]: f for f in results["figures"]}
+    changes = figures["sync_vs_update_status"]
+
+    assert changes["items"] > 0
+    assert changes["pushed"] == [changes["items"]] * changes["localsync"]["runs"]
+    assert figures["sync_vs_task_set_status"]["reference"]["runs"] >= 1
+    assert figures["watch_push"]["localsync"]["min"] > 0
+    assert figures["sync_noop"]["command"]["runs"] >= 1
+
+
+def test_quick_clone_reports_memory(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    _, results = quick_run
+    (clone,) = [f for f in results["figures"] if f["scenario"] == "clone"]
+
+    assert clone["items"] == clone["size"]
+    assert 10 < clone["peak_mb"] < 10_000
+    assert clone["checks"][0]["target"] == "peak RSS under 300 MB"
 
 
 def test_quick_queries_find_items(quick_run: tuple[Path, dict[str, Any]]) -> None:
@@ -142,6 +188,8 @@ def test_generated_fallback_without_exports(tmp_path: Path) -> None:
         "--quick",
         "--sizes",
         "300",
+        "--phases",
+        "local",
         "--data-dir",
         tmp_path / "data",
         "--exports-dir",
@@ -154,7 +202,7 @@ def test_generated_fallback_without_exports(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["data"]["source"] == "generated"
     assert "not found" in results["data"]["note"]
-    assert {f["scenario"] for f in results["figures"]} >= CORE_SCENARIOS
+    assert {f["scenario"] for f in results["figures"]} == LOCAL_SCENARIOS
 
 
 @pytest.mark.parametrize(
@@ -163,6 +211,7 @@ def test_generated_fallback_without_exports(tmp_path: Path) -> None:
         (["--sizes", "ten"], "invalid --sizes 'ten'"),
         (["--sizes", "0"], "sizes must be >= 1"),
         (["--runs", "0"], "must be at least 1"),
+        (["--phases", "local,cloud"], "invalid --phases 'local,cloud'"),
     ],
 )
 def test_bad_options_rejected(tmp_path: Path, args: list[str], message: str) -> None:

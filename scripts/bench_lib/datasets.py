@@ -180,16 +180,21 @@ def _put_records(
     return sorted(folders)
 
 
-def _seed_statuses(replica: Replica, task_id: str) -> None:
+def seeded_statuses(item_ids: list[str]) -> dict[str, list[str]]:
+    """Split file item ids into the statuses a build gives them, the same every time."""
     rng = random.Random(SEED)
-    completed, discarded = [], []
-    for item_id in file_item_ids(replica.conn):
+    split: dict[str, list[str]] = {"completed": [], "discard": []}
+    for item_id in item_ids:
         draw = rng.random()
         if draw < 0.30:
-            completed.append(item_id)
+            split["completed"].append(item_id)
         elif draw < 0.35:
-            discarded.append(item_id)
-    for status, item_ids in (("completed", completed), ("discard", discarded)):
+            split["discard"].append(item_id)
+    return split
+
+
+def _seed_statuses(replica: Replica, task_id: str) -> None:
+    for status, item_ids in seeded_statuses(file_item_ids(replica.conn)).items():
         replica.set_status(item_ids, task_id=task_id, status=status, creator=CREATOR)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from bench_lib.report import render
-from bench_lib.suite import Settings, Suite
+from bench_lib.suite import PHASES, Settings, Suite
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_EXPORTS = REPO.parent / "shared" / "datasets" / "dataloop-exports"
@@ -31,6 +31,17 @@ def parse_sizes(text: str) -> list[int]:
             f"invalid --sizes {text!r}: sizes must be >= 1"
         )
     return sizes
+
+
+def parse_phases(text: str) -> tuple[str, ...]:
+    phases = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [phase for phase in phases if phase not in PHASES]
+    if unknown or not phases:
+        raise argparse.ArgumentTypeError(
+            f"invalid --phases {text!r}: use a comma-separated subset of "
+            f"{','.join(PHASES)}"
+        )
+    return phases
 
 
 def positive_int(text: str) -> int:
@@ -76,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
         "(default 30, or 1 with --quick)",
     )
     commands.add_argument(
+        "--phases",
+        type=parse_phases,
+        default=PHASES,
+        help="phases to run, comma-separated (default local,sync,server,demo): "
+        "local queries and status updates, status changes through a server, "
+        "HTTP queries and clones, the demo",
+    )
+    commands.add_argument(
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("LOCALSYNC_BENCH_DATA", "/tmp/localsync-bench")),
@@ -112,8 +131,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    logging.getLogger("bench").setLevel(logging.INFO)
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
@@ -140,6 +160,7 @@ def main(argv: list[str]) -> int:
         exports_dir=args.exports_dir,
         max_minutes=args.max_minutes or (1.0 if args.quick else 30.0),
         command=shlex.join(["scripts/bench", *argv]),
+        phases=args.phases,
     )
     results = Suite(settings).run()
     results["results_file"] = os.path.relpath(json_path, out.parent)

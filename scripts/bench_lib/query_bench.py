@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from bench_lib.datasets import Dataset
 from bench_lib.timing import timed
 from localsync.filters import Filters
@@ -39,8 +41,9 @@ class QueryCase:
     count_only: bool = False
 
 
-def query_cases(dataset: Dataset) -> list[QueryCase]:
-    folder = dataset.folders[len(dataset.folders) // 2]
+def query_cases(folders: list[str], task_id: str) -> list[QueryCase]:
+    """Return the query cases for a dataset with these folders and this task."""
+    folder = folders[len(folders) // 2]
     cases = []
 
     filters = Filters()
@@ -88,7 +91,7 @@ def query_cases(dataset: Dataset) -> list[QueryCase]:
     filters = Filters()
     filters.add(
         field="metadata.system.refs",
-        values={"id": dataset.task_id, "metadata": {"status": "discard"}},
+        values={"id": task_id, "metadata": {"status": "discard"}},
         operator="match",
     )
     cases.append(
@@ -100,7 +103,7 @@ def query_cases(dataset: Dataset) -> list[QueryCase]:
             "EXISTS (SELECT 1 FROM json_each(items.json, '$.metadata.system.refs')"
             " AS ref WHERE json_extract(ref.value, '$.id') = :task"
             " AND json_extract(ref.value, '$.metadata.status') = 'discard')",
-            {"task": dataset.task_id},
+            {"task": task_id},
         )
     )
 
@@ -186,6 +189,47 @@ def query_plans(
     return plans
 
 
+def http_runner(
+    client: httpx.Client, dataset_id: str, case: QueryCase
+) -> Callable[[], Rows]:
+    """Return a runner posting the query body to the server, as dtlpy does.
+
+    The server has no count-only call, so the count case fetches a page too.
+    """
+
+    def run() -> Rows:
+        response = client.post(f"/datasets/{dataset_id}/query", json=case.body)
+        response.raise_for_status()
+        page = response.json()
+        total = int(page["totalItemsCount"])
+        if case.count_only:
+            return [], total
+        return [item["id"] for item in page["items"]], total
+
+    return run
+
+
+def run_http_case(
+    client: httpx.Client,
+    dataset_id: str,
+    case: QueryCase,
+    runs: int,
+    expected: Rows,
+    *,
+    within: Callable[[float], bool],
+) -> dict[str, Any]:
+    """Time the query over HTTP after one untimed warm-up; compare with ``expected``."""
+    run = http_runner(client, dataset_id, case)
+    actual = run()
+    samples: list[float] = []
+    for _ in range(runs):
+        seconds, _result = timed(run)
+        samples.append(seconds)
+        if not within(seconds):
+            break
+    return {"samples": samples, "matches": actual == expected}
+
+
 def _plan(conn: sqlite3.Connection, statement: str, params: Any) -> list[str]:
     rows = conn.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
     return [row[3] for row in rows]
@@ -220,6 +264,7 @@ def run_query_case(
     return {
         "localsync": localsync_seconds,
         "reference": reference_seconds,
+        "result": actual,
         "reference_matches": actual == expected,
         "matches": expected[1],
         "page": len(expected[0]),

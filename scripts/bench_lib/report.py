@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bench_lib.plots import write_plots
 from bench_lib.targets import SCENARIOS
 
 PLAN_EXPLANATIONS = (
@@ -28,7 +29,7 @@ PLAN_EXPLANATIONS = (
 
 
 def render(results: dict[str, Any], out_path: Path) -> list[Path]:
-    """Write the page ``out_path`` and its plots (in the folder of the same name).
+    """Write the page ``out_path`` and its plots, in the folder of the same name.
 
     Returns the paths of the plots.
     """
@@ -99,7 +100,7 @@ def markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
     lines += summary_section(results)
     for key, scenario in SCENARIOS.items():
         figures = [f for f in results["figures"] if f["scenario"] == key]
-        skipped = [s for s in results["skipped"] if s["scenario"] == key]
+        skipped = [s for s in results["skipped"] if s["scenario"].split(" (")[0] == key]
         if figures or skipped:
             lines += scenario_section(scenario, figures, skipped, plots.get(key))
     lines += datasets_section(results)
@@ -145,16 +146,28 @@ def summary_section(results: dict[str, Any]) -> list[str]:
     for figure in results["figures"]:
         title = SCENARIOS[figure["scenario"]].title
         for check in figure["checks"]:
-            verdict = (
-                "met" if check["met"] else f"**missed** by {1 / check['margin']:.2f} x"
-            )
             median = duration(figure["localsync"]["median"])
             lines.append(
-                f"| {title} | {figure['size']:,} | {median} | {figure['ratio']:.2f}"
-                f" | {check['target']} | {verdict} |"
+                f"| {title} | {figure['size']:,} | {median}"
+                f" | {ratio_text(figure['ratio'])} | {check['target']}"
+                f" | {verdict_text(check)} |"
             )
     lines.append("")
     return lines
+
+
+def ratio_text(ratio: float | None) -> str:
+    if ratio is None:
+        return "-"
+    if ratio < 1:
+        return f"{ratio:.3g} ({1 / ratio:.1f} x faster)"
+    return f"{ratio:.2f}"
+
+
+def verdict_text(check: dict[str, Any]) -> str:
+    if check["met"]:
+        return "met"
+    return f"**missed** by {1 / check['margin']:.2f} x"
 
 
 def scenario_section(
@@ -172,24 +185,11 @@ def scenario_section(
         "",
     ]
     if figures:
-        lines += [
-            "| dataset items | items | runs | localsync | reference | ratio | targets"
-            " |",
-            "|---:|---:|---:|---|---|---:|---|",
-        ]
-        for figure in figures:
-            checks = "; ".join(check_text(c) for c in figure["checks"]) or "-"
-            if figure["notes"]:
-                checks += f" ({'; '.join(figure['notes'])})"
-            runs = figure["localsync"]["runs"]
-            lines.append(
-                f"| {figure['size']:,} | {figure['items']:,} | {runs}"
-                f" | {spread(figure['localsync'])} | {spread(figure['reference'])}"
-                f" | {figure['ratio']:.2f} | {checks} |"
-            )
-        lines.append("")
+        lines += figure_table(figures)
     for entry in skipped:
-        lines.append(f"- skipped at {entry['size']:,} items: {entry['reason']}")
+        what = "" if entry["scenario"] == scenario.key else f" ({entry['scenario']})"
+        where = f" at {entry['size']:,} items" if entry["size"] else ""
+        lines.append(f"- skipped{where}{what}: {entry['reason']}")
     if skipped:
         lines.append("")
     if plot:
@@ -199,38 +199,90 @@ def scenario_section(
     return lines
 
 
+def figure_table(figures: list[dict[str, Any]]) -> list[str]:
+    """Return a table of the figures with a column for each series they have."""
+    columns = [("localsync", lambda f: spread(f["localsync"]))]
+    optional = (
+        ("reference", lambda f: spread(f["reference"])),
+        ("ratio", lambda f: ratio_text(f["ratio"])),
+        ("http", lambda f: spread(f["http"])),
+        ("command", lambda f: spread(f["command"])),
+        ("peak_mb", lambda f: f"{f['peak_mb']:.0f} MB"),
+    )
+    for key, cell in optional:
+        if any(f.get(key) is not None for f in figures):
+            columns.append((key, cell))
+    headers = {
+        "http": "over HTTP",
+        "command": "CLI process",
+        "peak_mb": "peak RSS",
+    }
+
+    names = ["dataset items", "items", "runs"] + [headers.get(k, k) for k, _ in columns]
+    lines = [
+        "| " + " | ".join(names) + " | targets |",
+        "|" + "---:|" * 3 + "---|" * len(columns) + "---|",
+    ]
+    for figure in figures:
+        checks = "; ".join(check_text(c) for c in figure["checks"]) or "-"
+        if figure["notes"]:
+            checks += f" ({'; '.join(figure['notes'])})"
+        cells = [
+            cell(figure) if figure.get(key) is not None else "-"
+            for key, cell in columns
+        ]
+        size = f"{figure['size']:,}" if figure["size"] else "-"
+        lines.append(
+            f"| {size} | {figure['items']:,} | {figure['localsync']['runs']} | "
+            + " | ".join(cells)
+            + f" | {checks} |"
+        )
+    lines.append("")
+    return lines
+
+
 def growth_lines(figures: list[dict[str, Any]]) -> list[str]:
-    ordered = sorted(figures, key=lambda f: f["size"])
+    ordered = sorted((f for f in figures if f["size"] > 0), key=lambda f: f["size"])
     lines = []
     for before, after in zip(ordered, ordered[1:], strict=False):
         by_items = after["items"] != before["items"]
-        scale = (
-            (after["items"] / before["items"])
+        unit = "items updated" if by_items else "dataset items"
+        numerator, denominator = (
+            (after["items"], before["items"])
             if by_items
-            else (after["size"] / before["size"])
+            else (after["size"], before["size"])
         )
+        scale = numerator / denominator
+        span = f"{before['size']:,} to {after['size']:,} dataset items"
         if scale <= 1:
-            continue
-        for side in ("localsync", "reference"):
+            lines.append(f"- {span}: {unit} stay at {after['items']:,}")
+            scale = after["size"] / before["size"]
+            unit = "dataset items"
+        for side in ("localsync", "reference", "http"):
+            if side not in before or side not in after:
+                continue
             factor = after[side]["median"] / before[side]["median"]
             exponent = math.log(factor) / math.log(scale) if factor > 0 else 0.0
-            unit = "items updated" if by_items else "dataset items"
             lines.append(
-                f"- {side}, {before['size']:,} to {after['size']:,} dataset items: "
-                f"time x {factor:.1f} for x {scale:g} {unit} (exponent {exponent:.2f}, "
-                f"{growth_words(exponent)})"
+                f"- {side}, {span}: time x {factor:.2f} for x {scale:g} {unit} "
+                f"(exponent {exponent:.2f}, {growth_words(exponent)})"
+            )
+        if "peak_mb" in before and "peak_mb" in after:
+            growth = after["peak_mb"] / before["peak_mb"]
+            lines.append(
+                f"- peak RSS, {span}: {before['peak_mb']:.0f} MB to "
+                f"{after['peak_mb']:.0f} MB (x {growth:.2f})"
             )
     if lines:
-        lines.insert(0, "Growth with size:")
-        lines.insert(0, "")
-        lines.append("")
+        lines = ["Growth with size (exponent k in time ~ size^k):", "", *lines, ""]
     return lines
 
 
 def plan_lines(figures: list[dict[str, Any]]) -> list[str]:
-    if not figures or "plans" not in figures[-1]:
+    with_plans = [f for f in figures if "plans" in f]
+    if not with_plans:
         return []
-    largest = max(figures, key=lambda f: f["size"])
+    largest = max(with_plans, key=lambda f: f["size"])
     lines = [f"SQLite's query plans at {largest['size']:,} items:", ""]
     for statement, steps in largest["plans"].items():
         reasons = sorted(
@@ -247,19 +299,27 @@ def datasets_section(results: dict[str, Any]) -> list[str]:
     lines = [
         "## Datasets",
         "",
-        "Each replica holds the synthesized items, a folder item per folder, one task",
-        "with two assignees over all files, and statuses on about 35 % of the items.",
+        "Each replica and each server database holds the synthesized items, a folder",
+        "item per folder, one task with two assignees over all files, statuses on",
+        "about 35 % of the files (30 % completed, 5 % discard) and an expression",
+        "index on `metadata.user.score`.",
         "",
-        "| items | build time | file size | reused from cache |",
-        "|---:|---:|---:|---|",
+        "| database | items | build time | file size | reused from cache |",
+        "|---|---:|---:|---:|---|",
     ]
-    for dataset in results["datasets"]:
-        reused = "yes" if dataset["cached"] else "no"
-        lines.append(
-            f"| {dataset['size']:,} | {dataset['build_seconds']:.0f} s"
-            f" | {dataset['file_bytes'] / 1e6:,.0f} MB | {reused} |"
-        )
-    lines.append("")
+    for kind, key in (("replica", "datasets"), ("server", "servers")):
+        for entry in results.get(key, []):
+            reused = "yes" if entry["cached"] else "no"
+            lines.append(
+                f"| {kind} | {entry['size']:,} | {entry['build_seconds']:.0f} s"
+                f" | {entry['file_bytes'] / 1e6:,.0f} MB | {reused} |"
+            )
+    lines += [
+        "",
+        "Build times are those of the run that built the cache, possibly an earlier",
+        "one; they are not part of any figure.",
+        "",
+    ]
     return lines
 
 
@@ -278,52 +338,3 @@ def running_section() -> list[str]:
         "listed as skipped with the reason.",
         "",
     ]
-
-
-# Plots
-
-
-def write_plots(results: dict[str, Any], assets: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots = {}
-    for key, scenario in SCENARIOS.items():
-        figures = sorted(
-            (f for f in results["figures"] if f["scenario"] == key),
-            key=lambda f: f["size"],
-        )
-        if not figures:
-            continue
-        fig, axes = plt.subplots(figsize=(6, 4))
-        sizes = [f["size"] for f in figures]
-        for side, style in (("localsync", "o-"), ("reference", "s--")):
-            medians = [f[side]["median"] for f in figures]
-            low = [m - f[side]["min"] for m, f in zip(medians, figures, strict=True)]
-            high = [f[side]["max"] - m for m, f in zip(medians, figures, strict=True)]
-            axes.errorbar(
-                sizes, medians, yerr=[low, high], fmt=style, capsize=3, label=side
-            )
-        for target in scenario.targets:
-            if target.value == "seconds":
-                axes.axhline(
-                    target.limit,
-                    color="grey",
-                    linestyle=":",
-                    label=f"target: {target.text}",
-                )
-        axes.set_xscale("log")
-        axes.set_yscale("log")
-        axes.set_xlabel("dataset items")
-        axes.set_ylabel("seconds (median, min..max)")
-        axes.set_title(scenario.title)
-        axes.grid(True, which="both", alpha=0.3)
-        axes.legend(fontsize="small")
-        fig.tight_layout()
-        path = assets / f"{key}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        plots[key] = path
-    return plots

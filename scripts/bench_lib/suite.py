@@ -1,16 +1,24 @@
-"""Running the scenarios over the dataset sizes within the time and disk limits."""
+"""Running the scenarios over the dataset sizes within the time and disk limits.
+
+The suite runs in phases, most important first, so that a tight ``--max-minutes``
+skips the later ones: local queries and status updates at every size, then the
+status changes reaching a server, then queries over HTTP and clones at every size
+that has a server database, then the demo.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_lib import datasets, query_bench, status_bench
+import httpx
+
+from bench_lib import datasets, query_bench, servers, status_bench, sync_bench
 from bench_lib.environment import free_disk_bytes, load_average, machine_facts
 from bench_lib.targets import SCENARIOS, check_targets
 from bench_lib.timing import Budget, RateBook, summarize, timed
@@ -19,10 +27,23 @@ from localsync.store import Replica
 logger = logging.getLogger("bench")
 
 LARGE_SIZE = 1_000_000
-# Bytes per item of a built replica when no build has been measured yet: an estimate
-# above the 2,900 to 3,000 that builds from the real exports took on SQLite 3.40.
+SYNC_ITEMS = 10_000
+QUICK_SYNC_ITEMS = 200
+# Bytes per item of a built database when no build has been measured yet: an
+# estimate above the 2,900 to 3,000 that replicas of the real exports took.
 DEFAULT_BYTES_PER_ITEM = 3_500
 DISK_MARGIN_BYTES = 1 << 30
+QUERY_KEYS = [key for key in SCENARIOS if key.startswith("query_")]
+SERVER_KEYS = ["clone", *(f"{key} (HTTP)" for key in QUERY_KEYS)]
+SYNC_KEYS = [
+    "sync_vs_update_status",
+    "sync_vs_task_set_status",
+    "sync_noop",
+    "watch_push",
+]
+
+
+PHASES = ("local", "sync", "server", "demo")
 
 
 @dataclass
@@ -35,9 +56,14 @@ class Settings:
     exports_dir: Path | None
     max_minutes: float
     command: str
+    phases: tuple[str, ...] = PHASES
 
     def runs_for(self, size: int) -> int:
         return self.large_runs if size >= LARGE_SIZE else self.runs
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
 
 
 class Suite:
@@ -48,6 +74,8 @@ class Suite:
         self.budget = Budget(settings.max_minutes * 60)
         self.rates = RateBook()
         self.source = datasets.load_source(settings.exports_dir)
+        self.replicas: dict[int, datasets.Dataset] = {}
+        self.expected: dict[tuple[int, str], query_bench.Rows] = {}
         self.results: dict[str, Any] = {
             "format": 1,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -58,106 +86,89 @@ class Suite:
                 "runs": settings.runs,
                 "large_runs": settings.large_runs,
                 "max_minutes": settings.max_minutes,
+                "phases": list(settings.phases),
             },
             "machine": machine_facts(settings.data_dir),
             "data": {"source": self.source.kind, "note": self.source.note},
             "datasets": [],
+            "servers": [],
             "figures": [],
             "skipped": [],
         }
-        for size, seconds_per_item, _ in datasets.known_build_rates(settings.data_dir):
-            self.rates.record("build", size, seconds_per_item * size)
+        for size, per_item, _ in datasets.known_build_rates(settings.data_dir):
+            self.rates.record("build", size, per_item * size)
 
     def run(self) -> dict[str, Any]:
-        for size in sorted(self.settings.sizes):
-            self.run_size(size)
+        sizes = sorted(self.settings.sizes)
+        phases = self.settings.phases
+        if "local" in phases:
+            for size in sizes:
+                self.run_local(size)
+        if "sync" in phases:
+            self.run_sync()
+        if "server" in phases:
+            for size in sizes:
+                self.run_server(size)
+        if "demo" in phases:
+            self.run_demo()
+        shutil.rmtree(self.settings.work_dir, ignore_errors=True)
         self.results["elapsed_seconds"] = round(self.budget.elapsed(), 1)
         self.results["machine"]["load_average_at_end"] = load_average()
         return self.results
 
-    def run_size(self, size: int) -> None:
-        dataset = self.prepare(size)
+    # Phase 1: the replica alone
+
+    def run_local(self, size: int) -> None:
+        dataset = self.prepare_replica(size)
         if dataset is None:
             return
+        self.replicas[size] = dataset
         self.run_queries(dataset)
         self.run_status(dataset)
 
-    # Datasets
-
-    def prepare(self, size: int) -> datasets.Dataset | None:
+    def prepare_replica(self, size: int) -> datasets.Dataset | None:
         data_dir = self.settings.data_dir
         dataset = datasets.cached_dataset(data_dir, size, self.source)
-        reason = self.disk_skip_reason(size, cached=dataset is not None)
+        keys = [*QUERY_KEYS, "status_bulk"]
+        reason = self.disk_skip_reason(size, cached=dataset is not None, copies=2.4)
         if reason is None and dataset is None:
             reason = self.budget.skip_reason(
-                self.rates.estimate("build", size), f"building {size:,} items"
+                self.rates.estimate("build", size), f"building a replica of {size:,}"
             )
         if reason is not None:
-            self.skip(list(SCENARIOS), size, reason)
+            self.skip(keys, size, reason)
             return None
 
+        cached = dataset is not None
         if dataset is None:
             logger.info("building a replica of %s items in %s", f"{size:,}", data_dir)
             dataset = datasets.build_dataset(data_dir, size, self.source)
             self.rates.record("build", size, dataset.build_seconds)
-            cached = False
-        else:
-            logger.info(
-                "reusing the replica of %s items at %s", f"{size:,}", dataset.path
-            )
-            cached = True
         self.results["datasets"].append({**dataset.to_json(), "cached": cached})
         self.rates.record("copy", size, 1.0 + dataset.file_bytes / 200e6)
         return dataset
-
-    def disk_skip_reason(self, size: int, *, cached: bool) -> str | None:
-        """Return why ``size`` does not fit on the disk of the data folder, or None."""
-        per_item = DEFAULT_BYTES_PER_ITEM
-        known = datasets.known_build_rates(self.settings.data_dir)
-        if known:
-            per_item = max(known)[2]
-        # A build writes the replica and its WAL; the status scenario adds a copy.
-        copies = 1.2 if cached else 2.4
-        needed = int(per_item * size * copies) + DISK_MARGIN_BYTES
-        free = free_disk_bytes(self.settings.data_dir)
-        if free >= needed:
-            return None
-        return (
-            f"{size:,} items need about {needed / 1e9:.1f} GB free in "
-            f"{self.settings.data_dir} (estimate: {per_item:,.0f} bytes per item, "
-            f"{'a working copy' if cached else 'the replica, its WAL and a copy'}), "
-            f"but {free / 1e9:.1f} GB are free; pass --data-dir on a larger disk"
-        )
-
-    # Scenarios
 
     def run_queries(self, dataset: datasets.Dataset) -> None:
         runs = self.settings.runs_for(dataset.size)
         replica = Replica(dataset.path)
         conn = sqlite3.connect(dataset.path)
         try:
-            for case in query_bench.query_cases(dataset):
-                estimate = self.rates.estimate(case.key, dataset.size)
-                reason = self.budget.skip_reason(
-                    None if estimate is None else estimate * (runs + 1),
-                    f"{case.key} at {dataset.size:,} items",
-                )
-                if reason is not None:
-                    self.skip([case.key], dataset.size, reason)
+            for case in query_bench.query_cases(dataset.folders, dataset.task_id):
+                if not self.fits(case.key, dataset.size, runs + 1):
                     continue
-                logger.info(
-                    "%s at %s items, %d runs", case.key, f"{dataset.size:,}", runs
-                )
+                logger.info("%s at %s items", case.key, f"{dataset.size:,}")
                 outcome = query_bench.run_query_case(
-                    replica, conn, dataset, case, runs, within=self.fits
+                    replica, conn, dataset, case, runs, within=self.within
                 )
+                self.expected[(dataset.size, case.key)] = outcome.pop("result")
                 self.add_figure(
                     case.key,
-                    dataset,
                     dataset.size,
-                    outcome,
+                    dataset.size,
+                    outcome.pop("localsync"),
                     runs,
-                    {"title": case.title},
+                    reference=outcome.pop("reference"),
+                    extra={"title": case.title, **outcome},
                 )
         finally:
             conn.close()
@@ -166,87 +177,303 @@ class Suite:
     def run_status(self, dataset: datasets.Dataset) -> None:
         runs = self.settings.runs_for(dataset.size)
         items = min(dataset.size, status_bench.MAX_ITEMS)
-        estimate = self.rates.estimate("status_bulk", items)
-        copy_estimate = self.rates.estimate("copy", dataset.size) or 0.0
-        reason = self.budget.skip_reason(
-            None if estimate is None else estimate * runs + copy_estimate,
-            f"status_bulk at {dataset.size:,} items",
-        )
-        if reason is not None:
-            self.skip(["status_bulk"], dataset.size, reason)
+        copy = self.rates.estimate("copy", dataset.size) or 0.0
+        if not self.fits("status_bulk", items, runs, extra=copy, size=dataset.size):
             return
 
-        logger.info("status_bulk at %s items, %d runs", f"{dataset.size:,}", runs)
-        work_dir = self.settings.data_dir / "work"
-        copy_seconds, path = timed(lambda: datasets.working_copy(dataset, work_dir))
+        logger.info("status_bulk at %s items", f"{dataset.size:,}")
+        copy_seconds, path = timed(
+            lambda: datasets.working_copy(dataset, self.settings.work_dir)
+        )
         self.rates.record("copy", dataset.size, copy_seconds)
         try:
-            deadline = time.monotonic() + max(self.budget.remaining(), 0)
             outcome = status_bench.run_status_update(
-                path, dataset, runs, stop_after=deadline
+                path, dataset, runs, stop_after=self.deadline()
             )
         finally:
             datasets.remove_working_copy(path)
-        self.add_figure("status_bulk", dataset, outcome["items"], outcome, runs, {})
+        self.add_figure(
+            "status_bulk",
+            dataset.size,
+            outcome.pop("items"),
+            outcome.pop("localsync"),
+            runs,
+            reference=outcome.pop("reference"),
+            extra=outcome,
+        )
 
-    def fits(self, seconds: float) -> bool:
+    # Phase 2: status changes reaching the server
+
+    def run_sync(self) -> None:
+        size = QUICK_SYNC_ITEMS if self.settings.quick else SYNC_ITEMS
+        runs = self.settings.runs_for(size)
+        server = self.prepare_server(size, SYNC_KEYS)
+        if server is None or not self.fits("sync_vs_update_status", size, runs):
+            return
+
+        work = self.settings.work_dir
+        db_path = servers.server_copy(server, work)
+        store = work / "sync-replica.db"
+        try:
+            with servers.ServerProcess(db_path, work / "server.log") as process:
+                self.measure_status_changes(process, server, store, runs)
+                self.measure_noop_and_watch(process, server, store, runs)
+        finally:
+            servers.remove_database(db_path)
+            servers.remove_database(store)
+
+    def measure_status_changes(
+        self,
+        process: servers.ServerProcess,
+        server: servers.ServerDataset,
+        store: Path,
+        runs: int,
+    ) -> None:
+        logger.info("status changes of %s items through a server", f"{server.size:,}")
+        outcome = sync_bench.run_status_changes(
+            process, server, store, runs, within=self.within
+        )
+        samples = outcome["localsync"]
+        for key, method in (
+            ("sync_vs_update_status", "update_status"),
+            ("sync_vs_task_set_status", "task_set_status"),
+        ):
+            dtlpy = outcome["dtlpy"][method]
+            self.add_figure(
+                key,
+                server.size,
+                outcome["items"],
+                samples,
+                runs,
+                reference=dtlpy["seconds"],
+                extra={"pushed": outcome["pushed"], "dtlpy": dtlpy["dtlpy"]},
+            )
+
+    def measure_noop_and_watch(
+        self,
+        process: servers.ServerProcess,
+        server: servers.ServerDataset,
+        store: Path,
+        runs: int,
+    ) -> None:
+        work = self.settings.work_dir
+        if self.fits("sync_noop", 1, runs * 2):
+            outcome = sync_bench.run_noop_sync(store, runs, work / "noop.log")
+            self.add_figure(
+                "sync_noop",
+                server.size,
+                0,
+                outcome["localsync"],
+                runs,
+                extra={"command": summarize(outcome["command"])},
+            )
+        if self.fits("watch_push", 1, runs):
+            outcome = sync_bench.run_watch_latency(
+                process, server, store, runs, work / "watch.log"
+            )
+            self.add_figure("watch_push", server.size, 1, outcome["localsync"], runs)
+
+    # Phase 3: a server of each size
+
+    def run_server(self, size: int) -> None:
+        server = self.prepare_server(size, SERVER_KEYS)
+        if server is None:
+            return
+        runs = self.settings.runs_for(size)
+        work = self.settings.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        with servers.ServerProcess(Path(server.path), work / "server.log") as process:
+            self.run_http_queries(process, server, runs)
+            if self.fits("clone", size, runs):
+                logger.info("clone of %s items", f"{size:,}")
+                outcome = sync_bench.run_clone(
+                    process, server, work, runs, within=self.within
+                )
+                self.add_figure(
+                    "clone",
+                    size,
+                    outcome.pop("items"),
+                    outcome.pop("localsync"),
+                    runs,
+                    extra=outcome,
+                )
+
+    def run_http_queries(
+        self, process: servers.ServerProcess, server: servers.ServerDataset, runs: int
+    ) -> None:
+        replica = self.replicas.get(server.size)
+        if replica is None:
+            return
+        token = servers.token_for(Path(server.path), server.project_id)
+        with httpx.Client(
+            base_url=f"{process.url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            trust_env=False,
+            timeout=600,
+        ) as client:
+            for case in query_bench.query_cases(replica.folders, server.task_id):
+                figure = self.find_figure(case.key, server.size)
+                expected = self.expected.get((server.size, case.key))
+                if figure is None or expected is None:
+                    continue
+                if not self.fits(f"{case.key} (HTTP)", server.size, runs + 1):
+                    continue
+                outcome = query_bench.run_http_case(
+                    client, server.dataset_id, case, runs, expected, within=self.within
+                )
+                figure["http"] = summarize(outcome["samples"])
+                figure["http_matches"] = outcome["matches"]
+                self.rates.record(
+                    f"{case.key} (HTTP)", server.size, outcome["samples"][0]
+                )
+                if not outcome["matches"]:
+                    figure["notes"].append(
+                        "the server's result differs from localsync's"
+                    )
+
+    def prepare_server(
+        self, size: int, keys: list[str]
+    ) -> servers.ServerDataset | None:
+        data_dir = self.settings.data_dir
+        server = servers.cached_server(data_dir, size, self.source)
+        reason = self.disk_skip_reason(size, cached=server is not None, copies=2.2)
+        if reason is None and server is None:
+            reason = self.budget.skip_reason(
+                self.rates.estimate("server_build", size),
+                f"building a server database of {size:,} items",
+            )
+        if reason is not None:
+            self.skip(keys, size, reason)
+            return None
+
+        cached = server is not None
+        if server is None:
+            logger.info("building a server database of %s items", f"{size:,}")
+            server = servers.build_server(data_dir, size, self.source)
+        self.rates.record("server_build", size, server.build_seconds)
+        self.results["servers"].append({**server.to_json(), "cached": cached})
+        return server
+
+    # Phase 4: the demo
+
+    def run_demo(self) -> None:
+        if self.settings.quick:
+            self.skip(["demo"], 0, "not run with --quick: the demo takes 10 s or more")
+            return
+        runs = self.settings.runs
+        if not self.fits("demo", 1, runs):
+            return
+        exports = self.settings.exports_dir if self.source.kind == "real" else None
+        outcome = sync_bench.run_demo(exports, self.settings.work_dir, runs)
+        self.add_figure("demo", 0, 0, outcome["localsync"], runs)
+
+    # Limits
+
+    def fits(
+        self,
+        key: str,
+        amount: int,
+        runs: int,
+        *,
+        extra: float = 0.0,
+        size: int | None = None,
+    ) -> bool:
+        """Return whether ``runs`` of ``key`` fit the time left, else record a skip."""
+        rate = self.rates.estimate(key, amount)
+        estimate = None if rate is None else rate * runs + extra
+        reason = self.budget.skip_reason(estimate, f"{key} at {amount:,}")
+        if reason is None:
+            return True
+        self.skip([key], amount if size is None else size, reason)
+        return False
+
+    def within(self, seconds: float) -> bool:
         return seconds <= self.budget.remaining()
+
+    def deadline(self) -> float:
+        return time.monotonic() + max(self.budget.remaining(), 0.0)
+
+    def disk_skip_reason(self, size: int, *, cached: bool, copies: float) -> str | None:
+        """Return why ``size`` does not fit on the disk of the data folder, or None.
+
+        A build writes the database and its WAL, and a writing scenario a copy, so
+        an uncached build needs about ``copies`` times the database size.
+        """
+        per_item = DEFAULT_BYTES_PER_ITEM
+        known = datasets.known_build_rates(self.settings.data_dir)
+        if known:
+            per_item = max(known)[2]
+        factor = 1.2 if cached else copies
+        needed = int(per_item * size * factor) + DISK_MARGIN_BYTES
+        free = free_disk_bytes(self.settings.data_dir)
+        if free >= needed:
+            return None
+        return (
+            f"{size:,} items need about {needed / 1e9:.1f} GB free in "
+            f"{self.settings.data_dir} (estimate: {per_item:,.0f} bytes per item "
+            f"x {factor:g}), but {free / 1e9:.1f} GB are free; pass --data-dir on a "
+            "larger disk"
+        )
 
     # Results
 
     def add_figure(
         self,
         key: str,
-        dataset: datasets.Dataset,
+        size: int,
         items: int,
-        outcome: dict[str, Any],
+        samples: list[float],
         runs: int,
-        details: dict[str, Any],
+        *,
+        reference: list[float] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        ours, theirs = outcome.pop("localsync"), outcome.pop("reference")
-        pair = (ours[0] + theirs[0]) if ours else 0.0
-        self.rates.record(key, items, pair)
+        pair = samples[0] + (reference[0] if reference else 0.0)
+        self.rates.record(key, max(items, 1), pair)
         figure: dict[str, Any] = {
             "scenario": key,
-            "size": dataset.size,
+            "size": size,
             "items": items,
             "runs_planned": runs,
-            "localsync": summarize(ours),
-            "reference": summarize(theirs),
-            **details,
-            **outcome,
+            "localsync": summarize(samples),
+            "ratio": None,
+            **(extra or {}),
         }
-        figure["ratio"] = figure["localsync"]["median"] / figure["reference"]["median"]
-        notes = []
-        if len(ours) < runs:
-            notes.append(
-                f"stopped after {len(ours)} of {runs} runs: --max-minutes reached"
+        if reference:
+            figure["reference"] = summarize(reference)
+            figure["ratio"] = (
+                figure["localsync"]["median"] / figure["reference"]["median"]
             )
-        if not outcome.get("reference_matches", True):
-            notes.append("the reference's result differs from localsync's")
-        figure["notes"] = notes
+        figure["notes"] = self.notes_for(figure, len(samples), runs)
         figure["checks"] = check_targets(SCENARIOS[key], figure)
         self.results["figures"].append(figure)
+        ratio = "" if figure["ratio"] is None else f", ratio {figure['ratio']:.3f}"
         logger.info(
-            "%s at %s: localsync %s, reference %s, ratio %.2f",
+            "%s at %s: localsync median %.4f s%s",
             key,
-            f"{dataset.size:,}",
-            _ms(figure["localsync"]["median"]),
-            _ms(figure["reference"]["median"]),
-            figure["ratio"],
+            f"{size:,}",
+            figure["localsync"]["median"],
+            ratio,
         )
 
+    @staticmethod
+    def notes_for(figure: dict[str, Any], done: int, runs: int) -> list[str]:
+        notes = []
+        if done < runs:
+            notes.append(f"stopped after {done} of {runs} runs: --max-minutes reached")
+        if not figure.get("reference_matches", True):
+            notes.append("the reference's result differs from localsync's")
+        return notes
+
+    def find_figure(self, key: str, size: int) -> dict[str, Any] | None:
+        for figure in self.results["figures"]:
+            if figure["scenario"] == key and figure["size"] == size:
+                return figure
+        return None
+
     def skip(self, keys: list[str], size: int, reason: str) -> None:
-        logger.warning(
-            "skipping %s at %s items: %s", ", ".join(keys), f"{size:,}", reason
-        )
+        logger.warning("skipping %s at %s: %s", ", ".join(keys), f"{size:,}", reason)
         for key in keys:
             self.results["skipped"].append(
                 {"scenario": key, "size": size, "reason": reason}
             )
-
-
-def _ms(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return str(seconds)
-    return f"{seconds * 1000:.1f} ms"

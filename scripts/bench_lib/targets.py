@@ -127,5 +127,54 @@ SCENARIOS: dict[str, Scenario] = {
             "label = ?)`",
             (QUERY_RATIO,),
         ),
+        Scenario(
+            "sync_vs_update_status",
+            "Status changes reaching the server: localsync against update_status",
+            "offline `Replica.set_status` of every file item of a server dataset, then "
+            "one `SyncEngine.sync()` (push in batches of 1,000, then pull), in the "
+            "benchmark process, against `localsync serve` in a child process",
+            "dtlpy 1.126.5 `dataset.items.update_status(status, items=page)` for each "
+            "listed page of at most 1,000 items (one request per item, 6 threads on "
+            "2 cores), against the same server; listing the items is not timed",
+            (Target("ratio", 1 / 50, "at least 50 x faster than update_status"),),
+        ),
+        Scenario(
+            "sync_vs_task_set_status",
+            "Status changes reaching the server: localsync against task.set_status",
+            "the same localsync runs as in the row above",
+            "dtlpy 1.126.5 `task.set_status(status, 'create', item_ids)`: one request "
+            "for all ids; fetching the task is not timed",
+            (Target("ratio", 1.0, "faster than task.set_status"),),
+        ),
+        Scenario(
+            "clone",
+            "Clone",
+            "`localsync clone URL --project ... --dataset ... --store NEW` in a child "
+            "process: wall time, and peak RSS from `os.wait4`",
+            "none",
+            (Target("peak_mb", 300, "peak RSS under 300 MB"),),
+        ),
+        Scenario(
+            "sync_noop",
+            "No-op sync",
+            "`SyncEngine.sync()` of a replica with nothing to push or pull (in "
+            "process); `localsync sync` through the CLI is listed as `command`",
+            "none",
+        ),
+        Scenario(
+            "watch_push",
+            "Push latency of sync --watch",
+            "time from a committed `Replica.set_status` of one item, in the "
+            "benchmark process, to `GET /items/{id}` on the server showing it, "
+            "while `localsync sync --watch` runs on the replica (it waits 0.2 s "
+            "for writes to settle)",
+            "none",
+        ),
+        Scenario(
+            "demo",
+            "Demo end to end",
+            "`localsync demo --workdir NEW --format json` in a child process",
+            "none",
+        ),
     )
 }
