@@ -38,12 +38,14 @@ class FaultKind(StrEnum):
     RESET_ON_ACCEPT = "reset_on_accept"  # TCP reset before reading anything
     CLOSE_ON_ACCEPT = "close_on_accept"  # orderly close before reading anything
     # Request faults, chosen when a request has been read.
-    RESET_BEFORE_FORWARD = "reset_before_forward"  # the server never sees it
+    RESET_BEFORE_FORWARD = (
+        "reset_before_forward"  # the request never reaches the server
+    )
     CUT_AFTER_RESPONSE_START = "cut_after_response_start"  # the server committed it
     DELAY = "delay"  # forward after ``seconds``
-    STALL = "stall"  # never answer; the client times out
+    STALL = "stall"  # never respond, so the client times out
     TRUNCATE = "truncate"  # send ``keep_bytes`` of the response, then close
-    STATUS = "status"  # answer ``status`` (with ``retry_after``) without forwarding
+    STATUS = "status"  # respond ``status`` (with ``retry_after``) without forwarding
     DUPLICATE = "duplicate"  # forward the request twice, relay the second response
 
 

@@ -110,7 +110,7 @@ class ServerRunner:
         self._server = self._thread = None
 
     def replace_database(self, db_path: Path) -> None:
-        """Serve another database on the same port (it gets a new epoch)."""
+        """Serve another database file, with its own epoch, on the same port."""
         was_running = self.running
         self.stop()
         self.storage.close()
@@ -126,7 +126,7 @@ class ServerRunner:
 
 @dataclass
 class World:
-    """A server with one dataset of ``items`` items and one task over all of them."""
+    """A running server with one seeded dataset and one task over all its files."""
 
     runner: ServerRunner
     tmp: Path

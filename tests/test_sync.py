@@ -116,7 +116,8 @@ def test_offline_ops_converge_in_one_sync(world: World) -> None:
         "0.05",
     )
     assert down.returncode == 1
-    assert "Error: POST" in down.stderr and "failed after 2 attempts" in down.stderr
+    assert "Error: POST" in down.stderr
+    assert "failed after 2 attempts" in down.stderr
     with Replica(replica.path) as check:
         assert journal_states(check) == {"pending": ops}
 
@@ -203,8 +204,8 @@ def test_new_epoch_refetches_and_loses_nothing(world: World, tmp_path: Path) -> 
     pending_items = world.item_ids[20:30]
     set_statuses(replica, task_id, pending_items, "discard")
 
-    # Restore the server from the backup, as an administrator would, with a new
-    # epoch; an online user then writes one item the lost ops had written.
+    # Restore the server from the backup with a new epoch, as an administrator
+    # would. An online user then writes one item that the lost ops had written.
     with sqlite3.connect(backup) as restored:
         restored.execute("UPDATE meta SET value = 'restored0epoch' WHERE key = 'epoch'")
     world.runner.replace_database(backup)

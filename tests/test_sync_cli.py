@@ -1,5 +1,5 @@
 """The sync area of the command line: clone, login, sync (plain, dry run, repeated),
-with every bad input answered by ``Error: ...`` and nothing changed."""
+where every bad input gets ``Error: ...`` and changes nothing."""
 
 from __future__ import annotations
 
@@ -258,6 +258,8 @@ def test_dry_run_lists_winners_and_losers(world: World, store: Path) -> None:
     winner, loser = world.item_ids[5], world.item_ids[6]
     with Replica(store) as replica:
         set_statuses(replica, task_id, [winner], "completed")
+        # Stamp the loser in the past, so the online write below is surely newer.
+        replica.set_setting("clock_offset_ms", -60_000)
         set_statuses(replica, task_id, [loser], "discard")
         # A newer online write, which the replica learns of by a pull alone.
         world.rest_set_status([loser], "approved")
@@ -339,3 +341,24 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
         time.sleep(0.05)
+
+
+def test_history_falls_back_to_journal(world: World, store: Path) -> None:
+    item_id = world.item_ids[11]
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], [item_id], "approved")
+        replica.set_setting("remote_url", "http://127.0.0.1:9/api/v1")
+
+    result = invoke("history", item_id, "--store", str(store), "--timeout", "1")
+
+    assert result.exit_code == 0, result.stderr
+    assert "history is unavailable" in result.stderr
+    assert "1 writes of item" in result.stdout
+    assert "approved" in result.stdout
+
+
+def test_history_of_unknown_item_fails(store: Path) -> None:
+    result = invoke("history", "f" * 24, "--store", str(store), "--timeout", "1")
+
+    assert result.exit_code == 1
+    assert "not found in this replica" in result.stderr

@@ -1,7 +1,7 @@
 """Replicas on machines whose clocks are wrong, run under libfaketime.
 
 Every replica command runs as a subprocess under ``faketime``, so the whole replica
-process (journal and sync) sees the skewed clock while the server keeps the real
+process (journal and sync) runs on the skewed clock while the server keeps the real
 one. Once a replica has synced, its measured offset corrects its later ops.
 """
 

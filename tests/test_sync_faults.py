@@ -119,7 +119,7 @@ def test_push_fault_is_retried(world: World, proxy: FaultProxy, fault: Fault) ->
 def test_connection_reset_on_accept_is_retried(world: World, proxy: FaultProxy) -> None:
     replica = world.clone(url=proxy.url)
     write_ops(world, replica, 10)
-    # httpx keeps its connection open, so close it first to make the next sync connect.
+    # Each rule hits one new connection; the client connects again after each.
     proxy.add(Fault.reset_on_accept(), times=2)
     proxy.add(Fault.close_on_accept(), times=1)
 

@@ -23,14 +23,14 @@ from typing import Any
 import click
 
 from localsync.cli.replica import store_option, user_errors
-from localsync.errors import LocalsyncError
+from localsync.errors import LocalsyncError, SyncError
 from localsync.store import Replica
 from localsync.sync import conflicts as ops
 from localsync.sync.apply import PullCounts
 from localsync.sync.clone import clone, open_remote, store_token
 from localsync.sync.engine import SyncEngine, SyncReport
 from localsync.sync.remote import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, PullPage
-from localsync.sync.retry import RemoteUnavailable, RetryPolicy
+from localsync.sync.retry import RetryPolicy
 from localsync.sync.watch import DEFAULT_INTERVAL, Watcher
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def retry_options(function: Callable[..., Any]) -> Callable[..., Any]:
             type=click.FloatRange(min=0),
             default=30.0,
             show_default=True,
-            help="Longest wait between two attempts, in seconds.",
+            help="Maximum wait between two attempts, in seconds.",
         ),
         click.option(
             "--timeout",
@@ -127,7 +127,7 @@ def open_replica(store_path: Path) -> Iterator[Replica]:
 
 
 def _ensure_logging() -> None:
-    """Log INFO to stderr for long-running modes when ``-v`` configured nothing."""
+    """Log INFO to stderr in long-running modes, unless ``-v`` set up logging."""
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -578,22 +578,17 @@ def history_command(
 ) -> None:
     """Show every known write of an item's statuses, local and remote."""
     with open_replica(store_path) as replica, user_errors():
-        remote = None
-        if replica.setting("remote_url") is not None:
-            remote = open_remote(
-                replica,
-                retry=RetryPolicy(max_attempts=2, max_wait=1.0),
-                timeout=timeout,
-            )
         try:
+            remote = None
+            if replica.setting("remote_url") is not None:
+                policy = RetryPolicy(max_attempts=2, max_wait=1.0)
+                remote = open_remote(replica, retry=policy, timeout=timeout)
             entries, note = ops.item_history(replica, item_id, remote)
-        except RemoteUnavailable as exc:
+        except SyncError as exc:
+            # The journal is still worth showing when the remote fails to respond.
             logger.warning("remote history unavailable: %s", exc)
-            entries, note = ops.item_history(replica, item_id, None)
-            note = (
-                f"the remote could not be reached ({exc}); showing the local "
-                "journal only"
-            )
+            entries, _ = ops.item_history(replica, item_id, None)
+            note = f"the remote's history is unavailable ({exc}); showing the journal"
         finally:
             if remote is not None:
                 remote.close()

@@ -87,9 +87,9 @@ def merge_clock(
 ) -> None:
     """Merge the remote's HLCs into the replica clock and store the measured offset.
 
-    ``clock_offset_ms`` is ``server time - local time``; later ops are stamped with
-    local time plus it, so a replica whose clock runs fast or slow writes corrected
-    times once it has synced.
+    ``clock_offset_ms`` is ``server time - local time``. Later ops are stamped with
+    local time plus the offset, so a replica whose clock runs fast or slow writes
+    corrected times once it has synced.
     """
     conn = replica.conn
     clock = load_clock(conn, replica.replica_id)
@@ -159,7 +159,8 @@ def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -
         "SELECT state FROM journal WHERE op_id = ?", (op.op_id,)
     ).fetchone()
     if state is not None and state[0] != "pending":
-        # The user dropped it while it was on its way; the remote's answer is the fact.
+        # The user dropped it while it was on its way, but the remote's result is
+        # what happened.
         logger.warning(
             "op %s was %s locally but the remote %s it",
             op.op_id,
@@ -209,15 +210,19 @@ def apply_page(replica: Replica, page: PullPage, *, wipe: bool = False) -> PullC
         if wipe:
             for table in _ENTITY_TABLES:
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
-        items: list[Change] = []
+        # Runs of item changes and of register changes are applied together, so
+        # a page costs a few queries per run rather than several per change.
+        run: list[Change] = []
         for change in page.changes:
-            if change.kind == "item" and not change.deleted and change.data is not None:
-                items.append(change)
-                continue
-            _apply_items(replica, items, counts)
-            items = []
-            _apply_change(replica, change, counts)
-        _apply_items(replica, items, counts)
+            kind = _run_kind(change)
+            if run and kind != _run_kind(run[0]):
+                _apply_run(replica, run, counts)
+                run = []
+            if kind is None:
+                _apply_change(replica, change, counts)
+            else:
+                run.append(change)
+        _apply_run(replica, run, counts)
         set_setting(conn, "cursor", page.cursor)
         set_setting(conn, "epoch", page.exchange.epoch)
         merge_clock(replica, page.exchange, _change_hlcs(page.changes))
@@ -232,12 +237,27 @@ def _change_hlcs(changes: list[Change]) -> list[str | None]:
     ]
 
 
+def _run_kind(change: Change) -> str | None:
+    """Return the kind of run a change joins, or ``None`` if it is applied alone."""
+    if change.kind == "register":
+        return "register"
+    if change.kind == "item" and not change.deleted and change.data is not None:
+        return "item"
+    return None
+
+
+def _apply_run(replica: Replica, run: list[Change], counts: PullCounts) -> None:
+    if not run:
+        return
+    if run[0].kind == "item":
+        _apply_items(replica, run, counts)
+    else:
+        _apply_registers(replica, run, counts)
+
+
 def _apply_change(replica: Replica, change: Change, counts: PullCounts) -> None:
     data = change.data
-    if change.kind == "register":
-        counts.registers += 1
-        _apply_register(replica, change)
-    elif change.deleted:
+    if change.deleted:
         counts.deleted += 1
         _apply_tombstone(replica, change, counts)
     elif data is None:
@@ -281,28 +301,35 @@ def _apply_items(replica: Replica, changes: list[Change], counts: PullCounts) ->
     counts.items += len(items)
 
 
-def _apply_register(replica: Replica, change: Change) -> None:
-    data = change.data or {}
-    item_id, task_id = data.get("itemId"), data.get("taskId")
-    if not isinstance(item_id, str) or not isinstance(task_id, str):
-        item_id, _, task_id = change.id.partition(":")
-    key = (item_id, task_id)
-    if change.deleted:
-        replica.conn.execute(
-            "DELETE FROM remote_registers WHERE item_id = ? AND task_id = ?", key
-        )
-    elif isinstance(data.get("hlc"), str):
-        value = RegisterValue(
-            data.get("status"),
-            data["hlc"],
-            data.get("creator"),
-            data.get("timestamp") or hlc_time(data["hlc"]),
-        )
-        store_remote_value(replica.conn, key, value)
-    else:
-        logger.warning("register change %d has no HLC; skipped", change.seq)
-        return
-    refresh_registers(replica, [key])
+def _apply_registers(
+    replica: Replica, changes: list[Change], counts: PullCounts
+) -> None:
+    """Store pulled register values, then rewrite the local view of those registers."""
+    keys: list[RegisterKey] = []
+    for change in changes:
+        data = change.data or {}
+        item_id, task_id = data.get("itemId"), data.get("taskId")
+        if not isinstance(item_id, str) or not isinstance(task_id, str):
+            item_id, _, task_id = change.id.partition(":")
+        key = (item_id, task_id)
+        if change.deleted:
+            replica.conn.execute(
+                "DELETE FROM remote_registers WHERE item_id = ? AND task_id = ?", key
+            )
+        elif isinstance(data.get("hlc"), str):
+            value = RegisterValue(
+                data.get("status"),
+                data["hlc"],
+                data.get("creator"),
+                data.get("timestamp") or hlc_time(data["hlc"]),
+            )
+            store_remote_value(replica.conn, key, value)
+        else:
+            logger.warning("register change %d has no HLC; skipped", change.seq)
+            continue
+        keys.append(key)
+    counts.registers += len(changes)
+    refresh_registers(replica, keys)
 
 
 def _apply_tombstone(replica: Replica, change: Change, counts: PullCounts) -> None:
@@ -321,8 +348,8 @@ def _apply_tombstone(replica: Replica, change: Change, counts: PullCounts) -> No
         conn.execute("DELETE FROM assignments WHERE task_id = ?", (change.id,))
         conn.execute("DELETE FROM tasks WHERE id = ?", (change.id,))
     else:
-        # NOTE: a deleted project or dataset leaves the replica as it is; it keeps
-        # working offline, and a new clone is the way to follow the remote.
+        # NOTE: a deleted project or dataset leaves the replica as it is. It keeps
+        # working offline, and only a new clone follows the remote again.
         logger.warning(
             "the remote deleted %s %s; the replica keeps its copy",
             change.kind,

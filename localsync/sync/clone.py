@@ -71,7 +71,7 @@ def clone(
     """Clone a dataset of a remote into the replica file ``store``.
 
     Cloning again into the same file resumes (or refreshes) the clone; a file that
-    holds another dataset or another remote is left unchanged and raises
+    contains another dataset or another remote is left unchanged and raises
     ``BadRequest``. ``on_start`` gets the dataset JSON before the first page.
     """
     base_url = api_base_url(url)

@@ -135,7 +135,7 @@ def retry_op(
 
 
 def value_before(replica: Replica, op: dict[str, Any]) -> RegisterValue | None:
-    """Return the register's value before an op, from what the replica knows.
+    """Return the register's value before an op, from the replica's own records.
 
     The candidates are the replica's other applied or pending ops on the register,
     the known remote value and the winners of its conflicts, each older than the op.
@@ -219,7 +219,7 @@ def drop_op(replica: Replica, op_id: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PlannedOp:
-    """A pending op as a dry run sees it, against the known remote value."""
+    """A pending op, with the known remote value a dry run compares it to."""
 
     op: JSON
     remote: RegisterValue | None
@@ -279,8 +279,8 @@ def item_history(
     """Return every known write of the item's registers, oldest first, and a note.
 
     Merges the local journal with the remote's register history (when ``remote`` is
-    given and keeps one); a write known to both appears once. The note says why the
-    remote's part is missing, or is ``None``.
+    given and keeps one); a write known to both appears once. The note explains why
+    the remote's part is missing, or is ``None``.
     """
     entries: dict[str, JSON] = {}
     unkeyed: list[JSON] = []
@@ -317,7 +317,7 @@ def item_history(
         known = replica.conn.execute(
             "SELECT 1 FROM items WHERE id = ?", (item_id,)
         ).fetchone()
-        if known is None and note is not None:
+        if known is None:
             raise NotFound(
                 "404", f"Item {item_id!r} not found in this replica or its journal"
             )

@@ -32,15 +32,15 @@ from localsync.sync.remote import (
 
 logger = logging.getLogger(__name__)
 
-# How often one sync may start over after a new epoch or a seq conflict; more
-# means the remote keeps changing under the replica, and the sync gives up.
+# How often one sync may start over after a new epoch or a seq conflict. More
+# recoveries mean the remote keeps changing under the replica, so the sync gives up.
 MAX_RECOVERIES = 2
 
 
 @dataclass
 class SyncReport:
-    """What one sync did; ``rejected`` counts ops the remote refused and ops on
-    items or tasks the remote deleted."""
+    """Counts of one sync. ``rejected`` counts the ops the remote rejected and the
+    pending ops on items or tasks the remote deleted."""
 
     push: PushCounts = field(default_factory=PushCounts)
     pull: PullCounts = field(default_factory=PullCounts)

@@ -39,7 +39,7 @@ def pull_changes(
     dataset_id = replica.dataset_id
     if dataset_id is None:
         raise SyncError(
-            f"Replica {str(replica.path)!r} holds no dataset; run "
+            f"Replica {str(replica.path)!r} contains no dataset; run "
             "'localsync clone' first"
         )
     counts = PullCounts()

@@ -85,6 +85,6 @@ def push_pending(
             batch.rejected,
         )
         size = min(size, response.max_batch)
-        # Ops without a result stay pending for the next sync; skip past them so
-        # one missing result cannot make this loop send the same batch forever.
+        # Ops without a result stay pending for the next sync. The loop skips past
+        # them, so one missing result cannot make it send the same batch forever.
         after_seq = ops[-1].seq

@@ -4,7 +4,7 @@ Two situations void what a replica assumed about its remote:
 
 * the remote's epoch changed (its database was replaced): the replica re-fetches
   everything and journals again the applied ops that the new database lacks;
-* the remote holds other ops under the replica's ``(replica_id, seq)`` (the file was
+* the remote stores other ops under the replica's ``(replica_id, seq)`` (the file was
   restored from an older copy, or copied): the replica takes a new replica id and
   journals its pending ops again under it.
 
@@ -34,20 +34,13 @@ def start_refetch(replica: Replica, epoch: str | None) -> None:
         replica.setting("epoch"),
         epoch,
     )
-    # Without the new epoch in the 409 the pull sends none and learns it from the page.
+    # A 409 without the new epoch makes the pull send none and learn it from the page.
     replica.set_setting(REFETCH_EPOCH, epoch or "")
 
 
-def refetch_finished(replica: Replica) -> bool:
-    return (
-        replica.setting(REFETCH_RUNNING) is not None
-        and replica.setting(REFETCH_EPOCH) is None
-    )
-
-
-# Applied ops whose register is not newer than the op: a register the new database
-# lacks or holds at an older HLC lost the op. A restamped op is compared by the HLC
-# the remote recorded for it.
+# Applied ops whose register is not newer than the op: a register that the new
+# database lacks, or stores at an older HLC, lost the op. A restamped op is
+# compared by the HLC the remote recorded for it.
 _LOST_OPS_SQL = """
 SELECT j.op_id, j.item_id, j.task_id, j.status, j.creator
   FROM journal AS j
@@ -151,12 +144,13 @@ def take_new_replica_id(replica: Replica) -> tuple[str, int]:
                 (
                     f"journaled again as op {new_op_id} under replica {new_id}, "
                     "because the "
-                    f"remote holds other ops under replica {old_id}",
+                    f"remote stores other ops under replica {old_id}",
                     op_id,
                 ),
             )
     logger.warning(
-        "remote holds other ops under replica %s (a restored or copied replica file); "
+        "remote stores other ops under replica %s (a restored or copied replica "
+        "file); "
         "now replica %s, %d pending ops journaled again",
         old_id,
         new_id,

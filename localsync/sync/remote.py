@@ -44,7 +44,7 @@ class EpochMismatch(SyncError):
 
 
 class SeqConflict(SyncError):
-    """The remote holds another op under one of the pushed ``(replicaId, seq)``."""
+    """The remote stores another op under one of the pushed ``(replicaId, seq)``."""
 
     def __init__(self, message: str, seq: int | None) -> None:
         super().__init__(message)

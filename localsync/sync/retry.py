@@ -1,7 +1,7 @@
 """Retrying remote calls: exponential backoff with full jitter, honoring Retry-After.
 
 A call is retried when it raises :class:`RetryableError` (the remote is down, timed
-out, or answered 429 or 5xx). Any other error passes through at once.
+out, or returned 429 or 5xx). Any other error passes through at once.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Watch mode: push soon after any process journals an op, pull on an interval.
 
 A watchdog observer on the replica's folder wakes the loop when the replica file or
-its write-ahead log changes. The loop then pushes only if the journal holds pending
-ops newer than the ones its last push started from, so the loop's own writes
-(marking ops, applying pulls) do not wake it again.
+its write-ahead log changes. The loop then pushes only if the journal contains
+pending ops newer than the ones its last push started from, so the loop's own
+writes (marking ops, applying pulls) do not wake it again.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ DEFAULT_INTERVAL = 60.0
 # SETTLE seconds, but no longer than MAX_SETTLE after the first change.
 SETTLE = 0.2
 MAX_SETTLE = 2.0
-# After a failed sync, wait this long (doubling up to the interval) before the next.
+# After a failed sync, wait this long before the next, doubling up to
+# MAX_FAILURE_WAIT (or the interval, if shorter), so a remote back up is found soon.
 FIRST_FAILURE_WAIT = 1.0
+MAX_FAILURE_WAIT = 15.0
 
 
 class _FileChanges(FileSystemEventHandler):
@@ -47,8 +49,8 @@ class _FileChanges(FileSystemEventHandler):
 
 @dataclass
 class WatchStats:
-    """What a watch session did; ``push_latencies`` are seconds from the first file
-    change of a burst to the end of the push it caused."""
+    """Counts of a watch session. ``push_latencies`` are the seconds from the first
+    file change of a burst to the end of the push it caused."""
 
     syncs: int = 0
     pushes: int = 0
@@ -135,7 +137,7 @@ class Watcher:
             else:
                 logger.warning("next sync attempt in %.1f s", failure_wait)
                 next_sync = time.monotonic() + failure_wait
-                failure_wait = min(self.interval, failure_wait * 2)
+                failure_wait = min(self.interval, MAX_FAILURE_WAIT, failure_wait * 2)
 
     def _settle(self, first_change: float) -> None:
         while time.monotonic() - first_change < MAX_SETTLE:
