@@ -591,6 +591,25 @@ def test_nesting_limit():
         dql.compile_query({"filter": _nested(5000)}, dataset_id=DATASET)
 
 
+def test_too_deep_for_sqlite_is_invalid_query(conn):
+    store(conn, CORPUS)
+    filter_: dict[str, Any] = {"a": 1}
+    for _ in range(15):
+        filter_ = {"a": {"$match": filter_}}
+    body = {"filter": filter_}
+    with pytest.raises(InvalidQuery, match="too complex for SQLite"):
+        dql.compile_query(body, dataset_id=DATASET, array_paths=None)
+    assert python_ids(body, CORPUS) == []
+
+
+def test_matches_keeps_true_and_one_apart():
+    doc = {"id": "x", "a": 1}
+    assert dql.matches({"a": 1}, doc)
+    assert not dql.matches({"a": True}, doc)
+    assert not dql.matches({"a": "1"}, doc)
+    assert dql.matches({"a": 1.0}, doc)
+
+
 def test_value_limit():
     ids = [f"id{index}" for index in range(dql.MAX_VALUES - 3)]
     dql.compile_query({"filter": {"id": {"$in": ids}}}, dataset_id=DATASET)

@@ -120,12 +120,30 @@ def reached_values(root: Any, path: Path) -> Iterator[Any]:
 def compile_predicate(filter_: Filter) -> Predicate:
     """Return a function telling whether one document satisfies ``filter_``."""
     if isinstance(filter_, AllOf):
-        parts = [compile_predicate(part) for part in filter_.parts]
-        return lambda doc: all(part(doc) for part in parts)
+        return _all_of([compile_predicate(part) for part in filter_.parts])
     if isinstance(filter_, AnyOf):
-        parts = [compile_predicate(part) for part in filter_.parts]
-        return lambda doc: any(part(doc) for part in parts)
+        return _any_of([compile_predicate(part) for part in filter_.parts])
     return _compile_condition(filter_)
+
+
+def _all_of(parts: list[Predicate]) -> Predicate:
+    def check(doc: Any) -> bool:
+        for part in parts:
+            if not part(doc):
+                return False
+        return True
+
+    return check
+
+
+def _any_of(parts: list[Predicate]) -> Predicate:
+    def check(doc: Any) -> bool:
+        for part in parts:
+            if part(doc):
+                return True
+        return False
+
+    return check
 
 
 def _compile_condition(condition: Condition) -> Predicate:
@@ -134,9 +152,22 @@ def _compile_condition(condition: Condition) -> Predicate:
     test = compile_test(condition.test, search_elements=bool(path))
     negated = condition.negated
 
+    missing = test(MISSING) != negated
+
     def check(doc: Any) -> bool:
-        hit = any(test(value) for value in reached_values(doc, path))
-        return hit != negated
+        # Objects are walked inline; only an array on the way needs the generator.
+        value = doc
+        for index, label in enumerate(path):
+            if isinstance(value, dict):
+                value = value.get(label, MISSING)
+                if value is MISSING:
+                    return missing
+            elif isinstance(value, list) and value:
+                reached = reached_values(value, path[index:])
+                return any(test(each) for each in reached) != negated
+            else:
+                return missing
+        return test(value) != negated
 
     return check
 

@@ -17,7 +17,11 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def split_path(field: str) -> Path:
-    """Split a field name into its segments; ``"a..b"`` has an empty middle one."""
+    """Split a field name into its segments; ``"a..b"`` has an empty middle one.
+
+    NOTE: a numeric segment such as ``tags.0`` is only ever an object key. MongoDB
+    would also read it as an array position; neither evaluator does.
+    """
     return tuple(field.split("."))
 
 

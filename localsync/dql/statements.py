@@ -181,6 +181,8 @@ def _with_margin(table: str, where: Sql) -> Sql:
 
 
 def _order_by(dialect: Dialect, alias: str, keys: tuple[SortKey, ...]) -> Sql:
+    # NOTE: only a sort by id can follow an index. Other fields sort by kind rank
+    # first, so sorting a large match set by createdAt, say, sorts every match.
     terms = []
     for key in keys:
         direction = "DESC" if key.descending else "ASC"
