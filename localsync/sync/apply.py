@@ -124,13 +124,22 @@ def apply_push_results(
                     "push result for op %s that was not sent; ignored", result.op_id
                 )
                 continue
-            _mark_op(replica, op, result, pushed_at)
+            key = (op.item_id, op.task_id)
+            # An applied op that was pending and newer than the known remote value
+            # is what the local view shows already (or a newer pending op is), so
+            # only the other results need the view rewritten.
+            known = remote_values(replica.conn, [op.item_id]).get(key)
+            was_pending = _mark_op(replica, op, result, pushed_at)
+            if not (result.outcome == "applied" and was_pending) or (
+                known is not None and known.hlc > op.hlc
+            ):
+                touched.add(key)
             setattr(counts, result.outcome, getattr(counts, result.outcome) + 1)
             counts.restamped += result.restamped
             if result.winner is not None:
                 store_remote_value(
                     replica.conn,
-                    (op.item_id, op.task_id),
+                    key,
                     RegisterValue(
                         result.winner.status,
                         result.winner.hlc,
@@ -138,7 +147,6 @@ def apply_push_results(
                         hlc_time(result.winner.hlc),
                     ),
                 )
-            touched.add((op.item_id, op.task_id))
         refresh_registers(replica, touched)
         merge_clock(replica, response.exchange, _result_hlcs(response.results))
     return counts
@@ -153,7 +161,8 @@ def _result_hlcs(results: list[PushResult]) -> list[str | None]:
     return hlcs
 
 
-def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -> None:
+def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -> bool:
+    """Store the op's result; return whether the op was still pending locally."""
     conn = replica.conn
     state = conn.execute(
         "SELECT state FROM journal WHERE op_id = ?", (op.op_id,)
@@ -193,6 +202,7 @@ def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -
                 pushed_at,
             ),
         )
+    return state is not None and state[0] == "pending"
 
 
 # Pulled pages
