@@ -90,9 +90,9 @@ def parser() -> argparse.ArgumentParser:
         "--phases",
         type=parse_phases,
         default=PHASES,
-        help="phases to run, comma-separated (default local,sync,server,demo): "
+        help="phases to run, comma-separated (default local,sync,demo,server): "
         "local queries and status updates, status changes through a server, "
-        "HTTP queries and clones, the demo",
+        "the demo, HTTP queries and clones",
     )
     commands.add_argument(
         "--data-dir",

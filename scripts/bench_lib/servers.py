@@ -1,6 +1,6 @@
 """Server databases of a given size, cached like the replicas, and running servers.
 
-A server database holds the same synthesized items as the replica of that size, one
+A server database contains the same synthesized items as the replica of that size, one
 task with two assignees over all files, the same statuses, and the same expression
 index on ``metadata.user.score``. ``ServerProcess`` runs
 ``localsync serve`` on it in a child process on a free 127.0.0.1 port, so the client
@@ -252,7 +252,7 @@ class ServerProcess:
                     pass
                 time.sleep(0.1)
         raise RuntimeError(
-            f"localsync serve did not answer on {self.url} within "
+            f"localsync serve did not respond on {self.url} within "
             f"{START_TIMEOUT_S} s; see {self.log_path}"
         )
 

@@ -1,9 +1,9 @@
 """Running the scenarios over the dataset sizes within the time and disk limits.
 
 The suite runs in phases, most important first, so that a tight ``--max-minutes``
-skips the later ones: local queries and status updates at every size, then the
-status changes reaching a server, then queries over HTTP and clones at every size
-that has a server database, then the demo.
+skips the later ones. They are local queries and status updates at every size, the
+status changes reaching a server, the demo, and queries over HTTP and clones at
+every size that has a server database.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SYNC_KEYS = [
 ]
 
 
-PHASES = ("local", "sync", "server", "demo")
+PHASES = ("local", "sync", "demo", "server")
 
 
 @dataclass
@@ -106,11 +106,11 @@ class Suite:
                 self.run_local(size)
         if "sync" in phases:
             self.run_sync()
+        if "demo" in phases:
+            self.run_demo()
         if "server" in phases:
             for size in sizes:
                 self.run_server(size)
-        if "demo" in phases:
-            self.run_demo()
         shutil.rmtree(self.settings.work_dir, ignore_errors=True)
         self.results["elapsed_seconds"] = round(self.budget.elapsed(), 1)
         self.results["machine"]["load_average_at_end"] = load_average()
@@ -154,11 +154,13 @@ class Suite:
         conn = sqlite3.connect(dataset.path)
         try:
             for case in query_bench.query_cases(dataset.folders, dataset.task_id):
-                if not self.fits(case.key, dataset.size, runs + 1):
+                # One more run than timed: the untimed warm-up.
+                runs_now = self.affordable_runs(case.key, dataset.size, runs + 1) - 1
+                if runs_now < 1:
                     continue
                 logger.info("%s at %s items", case.key, f"{dataset.size:,}")
                 outcome = query_bench.run_query_case(
-                    replica, conn, dataset, case, runs, within=self.within
+                    replica, conn, dataset, case, runs_now, within=self.within
                 )
                 self.expected[(dataset.size, case.key)] = outcome.pop("result")
                 self.add_figure(
@@ -178,7 +180,10 @@ class Suite:
         runs = self.settings.runs_for(dataset.size)
         items = min(dataset.size, status_bench.MAX_ITEMS)
         copy = self.rates.estimate("copy", dataset.size) or 0.0
-        if not self.fits("status_bulk", items, runs, extra=copy, size=dataset.size):
+        runs_now = self.affordable_runs(
+            "status_bulk", items, runs, extra=copy, size=dataset.size
+        )
+        if runs_now < 1:
             return
 
         logger.info("status_bulk at %s items", f"{dataset.size:,}")
@@ -188,7 +193,7 @@ class Suite:
         self.rates.record("copy", dataset.size, copy_seconds)
         try:
             outcome = status_bench.run_status_update(
-                path, dataset, runs, stop_after=self.deadline()
+                path, dataset, runs_now, stop_after=self.deadline()
             )
         finally:
             datasets.remove_working_copy(path)
@@ -208,7 +213,7 @@ class Suite:
         size = QUICK_SYNC_ITEMS if self.settings.quick else SYNC_ITEMS
         runs = self.settings.runs_for(size)
         server = self.prepare_server(size, SYNC_KEYS)
-        if server is None or not self.fits("sync_vs_update_status", size, runs):
+        if server is None:
             return
 
         work = self.settings.work_dir
@@ -257,7 +262,7 @@ class Suite:
         runs: int,
     ) -> None:
         work = self.settings.work_dir
-        if self.fits("sync_noop", 1, runs * 2):
+        if self.affordable_runs("sync_noop", 1, runs * 2) == runs * 2:
             outcome = sync_bench.run_noop_sync(store, runs, work / "noop.log")
             self.add_figure(
                 "sync_noop",
@@ -267,7 +272,7 @@ class Suite:
                 runs,
                 extra={"command": summarize(outcome["command"])},
             )
-        if self.fits("watch_push", 1, runs):
+        if self.affordable_runs("watch_push", 1, runs) == runs:
             outcome = sync_bench.run_watch_latency(
                 process, server, store, runs, work / "watch.log"
             )
@@ -284,10 +289,11 @@ class Suite:
         work.mkdir(parents=True, exist_ok=True)
         with servers.ServerProcess(Path(server.path), work / "server.log") as process:
             self.run_http_queries(process, server, runs)
-            if self.fits("clone", size, runs):
+            runs_now = self.affordable_runs("clone", size, runs)
+            if runs_now >= 1:
                 logger.info("clone of %s items", f"{size:,}")
                 outcome = sync_bench.run_clone(
-                    process, server, work, runs, within=self.within
+                    process, server, work, runs_now, within=self.within
                 )
                 self.add_figure(
                     "clone",
@@ -316,10 +322,17 @@ class Suite:
                 expected = self.expected.get((server.size, case.key))
                 if figure is None or expected is None:
                     continue
-                if not self.fits(f"{case.key} (HTTP)", server.size, runs + 1):
+                key = f"{case.key} (HTTP)"
+                runs_now = self.affordable_runs(key, server.size, runs + 1) - 1
+                if runs_now < 1:
                     continue
                 outcome = query_bench.run_http_case(
-                    client, server.dataset_id, case, runs, expected, within=self.within
+                    client,
+                    server.dataset_id,
+                    case,
+                    runs_now,
+                    expected,
+                    within=self.within,
                 )
                 figure["http"] = summarize(outcome["samples"])
                 figure["http_matches"] = outcome["matches"]
@@ -361,15 +374,16 @@ class Suite:
             self.skip(["demo"], 0, "not run with --quick: the demo takes 10 s or more")
             return
         runs = self.settings.runs
-        if not self.fits("demo", 1, runs):
+        runs_now = self.affordable_runs("demo", 1, runs)
+        if runs_now < 1:
             return
         exports = self.settings.exports_dir if self.source.kind == "real" else None
-        outcome = sync_bench.run_demo(exports, self.settings.work_dir, runs)
+        outcome = sync_bench.run_demo(exports, self.settings.work_dir, runs_now)
         self.add_figure("demo", 0, 0, outcome["localsync"], runs)
 
     # Limits
 
-    def fits(
+    def affordable_runs(
         self,
         key: str,
         amount: int,
@@ -377,15 +391,31 @@ class Suite:
         *,
         extra: float = 0.0,
         size: int | None = None,
-    ) -> bool:
-        """Return whether ``runs`` of ``key`` fit the time left, else record a skip."""
-        rate = self.rates.estimate(key, amount)
-        estimate = None if rate is None else rate * runs + extra
-        reason = self.budget.skip_reason(estimate, f"{key} at {amount:,}")
-        if reason is None:
-            return True
-        self.skip([key], amount if size is None else size, reason)
-        return False
+    ) -> int:
+        """Return how many of ``runs`` runs of ``key`` fit in the time left.
+
+        Returns 0 and records a skip when not even one fits. ``amount`` is what the
+        time of ``key`` grows with (items or dataset items); ``extra`` is a fixed
+        cost in seconds on top of the runs.
+        """
+        per_run = self.rates.estimate(key, amount)
+        remaining = self.budget.remaining() - extra
+        if per_run is None or per_run * runs <= remaining:
+            return runs
+        affordable = int(remaining // per_run) if per_run > 0 else 0
+        if affordable >= 1:
+            logger.warning(
+                "%s at %s: only %d of %d runs fit in --max-minutes (%.0f s each)",
+                key,
+                f"{amount:,}",
+                affordable,
+                runs,
+                per_run,
+            )
+            return affordable
+        reason = self.budget.skip_reason(per_run + extra, f"{key} at {amount:,}")
+        self.skip([key], amount if size is None else size, reason or "no time left")
+        return 0
 
     def within(self, seconds: float) -> bool:
         return seconds <= self.budget.remaining()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +27,15 @@ def summarize(samples: list[float]) -> dict[str, Any]:
 
 
 def timed(action: Callable[[], Any]) -> tuple[float, Any]:
-    """Run ``action`` once; return its wall time in seconds and its result."""
+    """Run ``action`` once; return its wall time in seconds and its result.
+
+    The objects alive before the run are moved out of the garbage collector's
+    reach first, so a collection during the run scans only what the run made, not
+    the benchmark's own data (such as the template records): without that, the
+    first timed query of a run took 50 to 100 ms longer.
+    """
+    gc.collect()
+    gc.freeze()
     start = time.perf_counter()
     result = action()
     return time.perf_counter() - start, result
