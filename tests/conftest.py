@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.server_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 EXPORTS = Path(
     os.environ.get(

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from localsync import dql
+from localsync.dql.rows import UPSERT_ITEM_SQL, item_row
 from localsync.errors import InvalidQuery
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,8 +42,8 @@ def store(
     dql.register_array_paths(conn, dataset_id, "items", items)
     dql.register_array_paths(conn, dataset_id, "annotations", annotations)
     conn.executemany(
-        "INSERT INTO items (id, dataset_id, json) VALUES (?, ?, ?)",
-        [(item["id"], dataset_id, json.dumps(item)) for item in items],
+        UPSERT_ITEM_SQL,
+        [item_row(item, json.dumps(item), dataset_id=dataset_id) for item in items],
     )
     conn.executemany(
         "INSERT INTO annotations (id, item_id, dataset_id, json) VALUES (?, ?, ?, ?)",

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from localsync import dql
+from localsync.dql.rows import UPSERT_ITEM_SQL, item_row
 from localsync.errors import InvalidQuery
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema" / "sqlite" / "items.sql"
@@ -180,8 +181,8 @@ def store(
     dql.register_array_paths(conn, dataset_id, "items", items)
     dql.register_array_paths(conn, dataset_id, "annotations", annotations)
     conn.executemany(
-        "INSERT INTO items (id, dataset_id, json) VALUES (?, ?, ?)",
-        [(doc["id"], dataset_id, json.dumps(doc)) for doc in items],
+        UPSERT_ITEM_SQL,
+        [item_row(doc, json.dumps(doc), dataset_id=dataset_id) for doc in items],
     )
     conn.executemany(
         "INSERT INTO annotations (id, item_id, dataset_id, json) VALUES (?, ?, ?, ?)",

@@ -18,7 +18,6 @@ from tests.server_fixtures import (
     synthetic_records,
 )
 
-pytest_plugins = ["tests.server_fixtures"]
 
 STATUSES = ("completed", "approved", "discard")
 

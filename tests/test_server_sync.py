@@ -20,7 +20,6 @@ from tests.server_fixtures import (
     synthetic_records,
 )
 
-pytest_plugins = ["tests.server_fixtures"]
 
 STATUSES = ("completed", "approved", "discard")
 

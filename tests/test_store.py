@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from localsync.errors import BadRequest, SchemaVersionError, StoreError
-from localsync.store import SCHEMA_VERSION, Replica, import_exports
+from localsync.store import SCHEMA_VERSION, Replica, create_task, import_exports
 from tests.store_helpers import make_replica, register_statuses
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,3 +315,23 @@ def test_sigkill_during_bulk_update_is_all_or_nothing(
 
 def _task_id(replica: Replica) -> str:
     return replica.tasks()[0]["id"]
+
+
+def test_projection_columns_follow_json(exports_dir: Path, replica_path: Path) -> None:
+    """Writers fill the plain projection columns; a status rewrite leaves them valid."""
+    from localsync.dql.rows import stale_projections
+
+    result = import_exports(exports_dir, store=replica_path, project="p", dataset="d")
+    with Replica(replica_path) as replica:
+        create_task(replica, name="t", statuses=("completed",))
+        ids = list(replica.matching_item_ids({"filter": {"dir": "/Merino"}}))
+        replica.set_status(
+            ids, task_id=replica.tasks()[0]["id"], status="completed", creator="a@x"
+        )
+        assert stale_projections(replica.conn) == []
+
+        replica.conn.execute(
+            "UPDATE items SET dir = '/elsewhere' WHERE id = ?", (ids[0],)
+        )
+        assert stale_projections(replica.conn) == [ids[0]]
+    assert result.items == 1_985

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from localsync.dql import load_array_paths, register_array_paths
+from localsync.dql.rows import UPSERT_ITEM_SQL, item_row
 from localsync.server.storage import JSON
 
 # Tables that hold one JSON document per id; table names never come from requests.
@@ -47,12 +48,7 @@ def load_all_json(
 
 
 def save_item(connection: sqlite3.Connection, item: JSON) -> None:
-    connection.execute(
-        "INSERT INTO items (id, dataset_id, json) VALUES (?, ?, ?) "
-        "ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id, "
-        "json = excluded.json",
-        (item["id"], item["datasetId"], dumps(item)),
-    )
+    connection.execute(UPSERT_ITEM_SQL, item_row(item, dumps(item)))
     note_array_paths(connection, item["datasetId"], "item", item)
 
 

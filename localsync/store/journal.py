@@ -21,47 +21,52 @@ from localsync.store.settings import get_setting, set_setting
 
 OP_STATES = ("pending", "applied", "superseded", "rejected", "dropped")
 
-# The status of a task's ref on an item, and whether the item has such a ref.
+# Per target: whether the item exists, and the task ref's status wrapped in a
+# one-element JSON array (NULL when the item has no ref of the task), so a single
+# pass over the refs tells "no ref" from "ref without a status".
 _REF_STATUS_SQL = """
 SELECT t.item_id,
        i.id IS NOT NULL,
-       EXISTS (SELECT 1 FROM json_each(i.json, '$.metadata.system.refs') AS r
-               WHERE json_extract(r.value, '$.id') = :task_id),
-       (SELECT json_extract(r.value, '$.metadata.status')
+       (SELECT json_array(json_extract(r.value, '$.metadata.status'))
           FROM json_each(i.json, '$.metadata.system.refs') AS r
          WHERE json_extract(r.value, '$.id') = :task_id LIMIT 1)
   FROM temp.status_targets AS t LEFT JOIN items AS i ON i.id = t.item_id
  ORDER BY t.position
 """
 
-# Rewrite every ref whose id is the task's or one of its assignments'. A subquery
-# result loses SQLite's JSON subtype, hence the json() around each value.
+# Rewrite every ref whose id is the task's or one of its assignments', and
+# recompute annotationStatus from the new refs, in one pass over the items. A
+# subquery result loses SQLite's JSON subtype, hence the json() around values.
 _SET_REFS_SQL = """
-UPDATE items SET json = json_set(json, '$.metadata.system.refs', json((
-    SELECT json_group_array(json(CASE
-        WHEN json_extract(r.value, '$.id') NOT IN (SELECT value FROM json_each(:ref_ids))
-            THEN r.value
-        WHEN :status IS NULL
-            THEN json_remove(r.value, '$.metadata.status', '$.metadata.creator',
-                             '$.metadata.timestamp')
-        WHEN json_type(r.value, '$.metadata') = 'object'
-            THEN json_set(r.value, '$.metadata.status', :status,
-                          '$.metadata.creator', :creator,
-                          '$.metadata.timestamp', :timestamp)
-        ELSE json_set(r.value, '$.metadata', json_object(
-                 'status', :status, 'creator', :creator, 'timestamp', :timestamp))
-        END))
-      FROM json_each(items.json, '$.metadata.system.refs') AS r)))
- WHERE id IN (SELECT item_id FROM temp.status_targets WHERE in_task)
-"""
-
-_ANNOTATION_STATUS_SQL = """
-UPDATE items SET json = json_set(json, '$.metadata.system.annotationStatus', json((
-    SELECT json_group_array(status) FROM (
-        SELECT DISTINCT json_extract(r.value, '$.metadata.status') AS status
-          FROM json_each(items.json, '$.metadata.system.refs') AS r
-         WHERE status IS NOT NULL ORDER BY status))))
- WHERE id IN (SELECT item_id FROM temp.status_targets WHERE in_task)
+WITH new_refs AS (
+    SELECT items.id AS item_id, (
+        SELECT json_group_array(json(CASE
+            WHEN json_extract(r.value, '$.id') NOT IN ({ref_ids})
+                THEN r.value
+            WHEN :status IS NULL
+                THEN json_remove(r.value, '$.metadata.status',
+                                 '$.metadata.creator', '$.metadata.timestamp')
+            WHEN json_type(r.value, '$.metadata') = 'object'
+                THEN json_set(r.value, '$.metadata.status', :status,
+                              '$.metadata.creator', :creator,
+                              '$.metadata.timestamp', :timestamp)
+            ELSE json_set(r.value, '$.metadata', json_object('status', :status,
+                          'creator', :creator, 'timestamp', :timestamp))
+            END))
+          FROM json_each(items.json, '$.metadata.system.refs') AS r) AS refs
+      FROM items
+     WHERE items.id IN (SELECT item_id FROM temp.status_targets WHERE in_task)
+)
+UPDATE items SET json = json_set(
+    json,
+    '$.metadata.system.refs', json(new_refs.refs),
+    '$.metadata.system.annotationStatus', json((
+        SELECT json_group_array(status) FROM (
+            SELECT DISTINCT json_extract(r.value, '$.metadata.status') AS status
+              FROM json_each(new_refs.refs) AS r
+             WHERE status IS NOT NULL ORDER BY status))))
+  FROM new_refs
+ WHERE items.id = new_refs.item_id
 """
 
 
@@ -136,7 +141,7 @@ def append_status_ops(
     creator: str | None,
     origin_op_id: str | None = None,
 ) -> StatusResult:
-    """Journal a status (``None`` clears) for many items of one task, in one transaction.
+    """Journal a status (``None`` clears) for items of one task, in one transaction.
 
     An item listed twice gets one op. Items missing from the replica or not in the
     task are skipped and counted, not raised: callers that act on a single item
@@ -177,12 +182,13 @@ def _load_targets(conn: sqlite3.Connection, item_ids: Iterable[str]) -> None:
 
 def _classify(rows: list, status: str | None, result: StatusResult) -> list[str]:
     in_task = []
-    for item_id, present, has_ref, current in rows:
+    for item_id, present, wrapped_status in rows:
         if not present:
             result.skipped[item_id] = "item not found"
-        elif not has_ref:
+        elif wrapped_status is None:
             result.skipped[item_id] = f"item is not in task {result.task_id}"
         else:
+            current = json.loads(wrapped_status)[0]
             in_task.append(item_id)
             (result.reasserted if current == status else result.changed).append(item_id)
     return in_task
@@ -240,14 +246,13 @@ def _rewrite_refs(
         "UPDATE temp.status_targets SET in_task = 1 WHERE item_id = ?",
         ((item_id,) for item_id in item_ids),
     )
-    params = {
-        "ref_ids": json.dumps([task_id, *assignment_ids]),
-        "status": status,
-        "creator": creator,
-        "timestamp": iso_timestamp(),
+    ref_ids = [task_id, *assignment_ids]
+    params: dict[str, str | None] = {
+        f"ref{number}": ref_id for number, ref_id in enumerate(ref_ids)
     }
-    conn.execute(_SET_REFS_SQL, params)
-    conn.execute(_ANNOTATION_STATUS_SQL)
+    params.update(status=status, creator=creator, timestamp=iso_timestamp())
+    placeholders = ", ".join(f":ref{number}" for number in range(len(ref_ids)))
+    conn.execute(_SET_REFS_SQL.format(ref_ids=placeholders), params)
 
 
 def mark_ops(
@@ -262,6 +267,7 @@ def mark_ops(
         raise ValueError(f"unknown op state {state!r}; use one of {OP_STATES}")
     with write_transaction(conn):
         conn.executemany(
-            "UPDATE journal SET state = ?, reason = COALESCE(?, reason) WHERE op_id = ?",
+            "UPDATE journal SET state = ?, reason = COALESCE(?, reason)"
+            " WHERE op_id = ?",
             ((state, reason, op_id) for op_id in op_ids),
         )

@@ -13,6 +13,7 @@ from typing import Any
 import sqlite_utils
 
 from localsync import dql
+from localsync.dql import rows as dql_rows
 from localsync.errors import BadRequest, NotFound
 from localsync.hlc import new_node_id
 from localsync.statuses import check_status
@@ -141,7 +142,7 @@ class Replica:
             )
 
     def put_items(self, items: Iterable[dict[str, Any]]) -> int:
-        """Insert or replace items (full JSON), keeping the array-path catalog current."""
+        """Insert or replace items (full JSON) and keep the array-path catalog."""
         count = 0
         with self.transaction():
             for batch in _batches(items, ITEM_BATCH):
@@ -160,15 +161,8 @@ class Replica:
     def _write_documents(self, table: str, documents: list[dict[str, Any]]) -> None:
         paths: set[tuple[str, str]] = set()
         if table == "items":
-            rows = [
-                (doc["id"], doc.get("datasetId") or "", _dump(doc)) for doc in documents
-            ]
-            self.conn.executemany(
-                "INSERT INTO items (id, dataset_id, json) VALUES (?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id,"
-                " json = excluded.json",
-                rows,
-            )
+            rows = [dql_rows.item_row(doc, _dump(doc)) for doc in documents]
+            self.conn.executemany(dql_rows.UPSERT_ITEM_SQL, rows)
         else:
             rows = [
                 (
@@ -180,8 +174,9 @@ class Replica:
                 for doc in documents
             ]
             self.conn.executemany(
-                "INSERT INTO annotations (id, item_id, dataset_id, json) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET item_id = excluded.item_id,"
+                "INSERT INTO annotations (id, item_id, dataset_id, json)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " item_id = excluded.item_id,"
                 " dataset_id = excluded.dataset_id, json = excluded.json",
                 rows,
             )
@@ -189,7 +184,8 @@ class Replica:
             dataset_id = doc.get("datasetId") or ""
             paths.update((dataset_id, path) for path in dql.array_paths_of(doc))
         self.conn.executemany(
-            "INSERT OR IGNORE INTO array_paths (dataset_id, resource, path) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO array_paths (dataset_id, resource, path)"
+            " VALUES (?, ?, ?)",
             ((dataset_id, table, path) for dataset_id, path in paths),
         )
 
@@ -270,7 +266,7 @@ class Replica:
         )
 
     def query(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        """Run a query body (``Filters.prepare()`` JSON); return one page and the total."""
+        """Run a query body (``Filters.prepare()`` JSON) for one page and the total."""
         compiled = self.compile(body)
         rows = self.conn.execute(compiled.select_sql, compiled.select_params).fetchall()
         total = self.conn.execute(compiled.count_sql, compiled.count_params).fetchone()[

@@ -1,37 +1,24 @@
 -- Item and annotation tables, shared by the replica store and the server's SQLite
 -- backend. `json` contains each document exactly as the platform returns it. The
--- generated columns are typed projections of top-level JSON fields: a text column
+-- other item columns are typed projections of top-level JSON fields: a text column
 -- is NULL unless the JSON value is a string, a flag column is 1 or 0 only for
 -- true or false, so a test on a column means the same as the test on the JSON.
+-- Writers fill them with localsync.dql.rows (plain columns, not generated ones,
+-- so rewriting an item's statuses in `json` updates no index). The annotation
+-- columns are generated, because annotations are written once and rarely again.
 
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY,
     dataset_id TEXT NOT NULL,
     json TEXT NOT NULL CHECK (json_type(json) = 'object'),
-    filename TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.filename') = 'text'
-        THEN json_extract(json, '$.filename') END) VIRTUAL,
-    dir TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.dir') = 'text'
-        THEN json_extract(json, '$.dir') END) VIRTUAL,
-    name TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.name') = 'text'
-        THEN json_extract(json, '$.name') END) VIRTUAL,
-    type TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.type') = 'text'
-        THEN json_extract(json, '$.type') END) VIRTUAL,
-    hidden INTEGER GENERATED ALWAYS AS (
-        CASE json_type(json, '$.hidden') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
-    ) VIRTUAL,
-    annotated INTEGER GENERATED ALWAYS AS (
-        CASE json_type(json, '$.annotated') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END
-    ) VIRTUAL,
-    created_at TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.createdAt') = 'text'
-        THEN json_extract(json, '$.createdAt') END) VIRTUAL,
-    updated_at TEXT GENERATED ALWAYS AS (
-        CASE WHEN json_type(json, '$.updatedAt') = 'text'
-        THEN json_extract(json, '$.updatedAt') END) VIRTUAL
+    filename TEXT,
+    dir TEXT,
+    name TEXT,
+    type TEXT,
+    hidden INTEGER,
+    annotated INTEGER,
+    created_at TEXT,
+    updated_at TEXT
 );
 
 -- The default filter (hidden false, type file) with keyset paging on id.
