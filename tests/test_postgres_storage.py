@@ -14,6 +14,7 @@ from localsync.errors import BadRequest, Forbidden, SchemaVersionError, StoreErr
 from localsync.exports import exported_items
 from localsync.hlc import Timestamp, new_node_id, wall_clock_ms
 from localsync.server.postgres_database import SCHEMA_VERSION, Transaction
+from localsync.server.postgres_registers import RegisterBatch, RegisterWrite
 from localsync.server.postgres_storage import PostgresStorage
 from localsync.server.registers import SeqConflict
 from localsync.server.storage import NewTask, PushOp, open_storage
@@ -353,6 +354,57 @@ def test_concurrent_pushes_keep_newest_hlc(
             o.op_id for o in ops_here
         )
         assert sum(row["outcome"] == "applied" for row in replica_rows) >= 1
+
+
+def test_push_waits_for_uncommitted_register_write(
+    pg_storage: PostgresStorage, world: dict[str, Any]
+) -> None:
+    """A push reads a register only after the writer holding its item commits."""
+    dataset_id, task = world["dataset"]["id"], world["task"]
+    item_id = world["items"][9]
+    node = new_node_id()
+    base = wall_clock_ms()
+    newer = str(Timestamp(base + 1000, 0, "c" * 32))
+
+    held_connection = psycopg.connect(
+        pg_storage.url, autocommit=True, row_factory=psycopg.rows.dict_row
+    )
+    transaction_block = held_connection.transaction()
+    transaction_block.__enter__()
+    open_writer = Transaction(held_connection)
+    batch = RegisterBatch(
+        open_writer, pg_storage.db, [item_id], [(item_id, task["id"])]
+    )
+    write = RegisterWrite("completed", newer, USER, "rest", USER)
+    batch.write(batch.items[item_id], task, write)
+    batch.flush()
+
+    outcomes: list[dict[str, Any]] = []
+
+    def push_older() -> None:
+        older = op(1, item_id, task["id"], "discard", base, node)
+        result = pg_storage.push(
+            replica_id=node, user_email=USER, dataset_id=dataset_id, ops=[older]
+        )
+        outcomes.extend(result.results)
+
+    thread = threading.Thread(target=push_older)
+    thread.start()
+    try:
+        thread.join(timeout=0.5)
+        assert thread.is_alive(), "the push did not wait for the item's row lock"
+        open_writer.write_feed()
+    finally:
+        transaction_block.__exit__(None, None, None)
+        held_connection.close()
+    thread.join(timeout=10)
+
+    assert [result["outcome"] for result in outcomes] == ["superseded"]
+    assert outcomes[0]["winner"]["hlc"] == newer
+    register = pg_storage.register(item_id, task["id"])
+    assert register is not None
+    assert register["hlc"] == newer
+    assert register["status"] == "completed"
 
 
 def test_duplicate_concurrent_push_applies_once(
