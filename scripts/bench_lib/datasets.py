@@ -7,6 +7,7 @@ statuses: ``completed`` on about 30 % of the items and ``discard`` on about 5 %.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any
 from bench_lib.timing import timed
 from localsync import dql
 from localsync.exports import ExportedItem, exported_items, read_export_records
+from localsync.schema_files import schema_dir
 from localsync.store import Replica, create_task, new_entity_id
 from localsync.synthetic import generate_export_records, synthesize_records
 
@@ -80,8 +82,34 @@ def load_source(exports_dir: Path | None) -> Source:
     return Source("generated", records, note)
 
 
+def schema_digest() -> str:
+    """Return a digest of the SQL schema files, so a schema change rebuilds caches."""
+    digest = hashlib.sha1()
+    root = schema_dir()
+    for path in sorted(root.glob("*/*.sql")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def cache_path(data_dir: Path, size: int, source: Source) -> Path:
-    return data_dir / f"replica-{source.kind}-{size}-v{BUILD_VERSION}.db"
+    name = f"replica-{source.kind}-{size}-v{BUILD_VERSION}-{schema_digest()}.db"
+    return data_dir / name
+
+
+def check_build(conn: sqlite3.Connection, task_id: str, size: int, what: str) -> None:
+    """Raise when a build did not put ``size`` file items into the task."""
+    row = conn.execute(
+        "SELECT count(*) FROM items WHERE json_extract(json, '$.type') = 'file'"
+        " AND EXISTS (SELECT 1 FROM json_each(items.json, '$.metadata.system.refs')"
+        " AS ref WHERE json_extract(ref.value, '$.id') = ?)",
+        (task_id,),
+    ).fetchone()
+    if row[0] != size:
+        raise RuntimeError(
+            f"the {what} build put {row[0]} of {size} file items into task {task_id}; "
+            "is the working tree in the middle of a change?"
+        )
 
 
 def cached_dataset(data_dir: Path, size: int, source: Source) -> Dataset | None:
@@ -99,7 +127,7 @@ def cached_dataset(data_dir: Path, size: int, source: Source) -> Dataset | None:
 def known_build_rates(data_dir: Path) -> list[tuple[int, float, float]]:
     """Return ``(size, seconds per item, bytes per item)`` of every cached build."""
     rates = []
-    for manifest in data_dir.glob(f"replica-*-v{BUILD_VERSION}.json"):
+    for manifest in data_dir.glob(f"replica-*-v{BUILD_VERSION}-*.json"):
         facts = json.loads(manifest.read_text())
         size = facts.get("size") or 0
         if size:
@@ -146,6 +174,7 @@ def _build(path: Path, size: int, source: Source) -> dict[str, Any]:
             replica, name="labeling", statuses=STATUSES, assignees=ASSIGNEES
         )
         task_id = plan.task["id"]
+        check_build(replica.conn, task_id, size, "replica")
         _seed_statuses(replica, task_id)
         dql.create_path_index(replica.conn, "metadata.user.score")
         replica.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

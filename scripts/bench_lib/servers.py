@@ -33,7 +33,9 @@ from bench_lib.datasets import (
     STATUSES,
     UNANNOTATED_SHARE,
     Source,
+    check_build,
     file_item_ids,
+    schema_digest,
     seeded_statuses,
 )
 from bench_lib.timing import timed
@@ -75,7 +77,8 @@ class ServerDataset:
 
 
 def server_cache_path(data_dir: Path, size: int, source: Source) -> Path:
-    return data_dir / f"server-{source.kind}-{size}-v{SERVER_BUILD_VERSION}.db"
+    name = f"server-{source.kind}-{size}-v{SERVER_BUILD_VERSION}-{schema_digest()}.db"
+    return data_dir / name
 
 
 def cached_server(data_dir: Path, size: int, source: Source) -> ServerDataset | None:
@@ -135,7 +138,7 @@ def _import(path: Path, size: int, source: Source) -> dict[str, Any]:
                 assignees=ASSIGNEES,
             )
         )
-        _seed_statuses(storage, path, task["id"])
+        _seed_statuses(storage, path, task["id"], size)
     finally:
         storage.close()
     _index_and_checkpoint(path)
@@ -147,9 +150,10 @@ def _import(path: Path, size: int, source: Source) -> dict[str, Any]:
     }
 
 
-def _seed_statuses(storage: SQLiteStorage, path: Path, task_id: str) -> None:
+def _seed_statuses(storage: SQLiteStorage, path: Path, task_id: str, size: int) -> None:
     conn = sqlite3.connect(path)
     try:
+        check_build(conn, task_id, size, "server")
         item_ids = file_item_ids(conn)
     finally:
         conn.close()
