@@ -553,3 +553,33 @@ def test_responses_match_schemas(client, live_server, world) -> None:
         "/sync/pull", params={"dataset": world["dataset"]["id"], "limit": 5000}
     )
     check("pull_response.json", pulled.json())
+
+
+def test_history_endpoint_lists_every_write(client, live_server, world) -> None:
+    """Every write of an item's registers comes back, the overwritten ones too."""
+    task_id, item_id = world["task"]["id"], world["items"][20]
+    before = len(live_server.storage.register_history(item_id, task_id))
+    for status in ("completed", "discard"):
+        reply = client.post(
+            f"/assignments/items/tasks/{task_id}/status",
+            json={
+                "itemIds": [item_id],
+                "statusPayload": {"operation": "create", "status": status},
+            },
+        )
+        assert reply.status_code == 200, reply.text
+
+    reply = client.get("/sync/history", params={"item": item_id})
+    missing = client.get("/sync/history", params={"item": "f" * 24})
+    no_item = client.get("/sync/history")
+    anonymous = httpx.get(f"{live_server.api}/sync/history", params={"item": item_id})
+
+    assert reply.status_code == 200
+    writes = reply.json()["history"]
+    assert len(writes) == before + 2
+    assert [write["status"] for write in writes[-2:]] == ["completed", "discard"]
+    assert [write["source"] for write in writes[-2:]] == ["rest", "rest"]
+    assert writes == sorted(writes, key=lambda write: write["hlc"])
+    assert missing.status_code == 404
+    assert no_item.status_code == 400
+    assert anonymous.status_code == 401

@@ -149,17 +149,14 @@ def test_history_lists_local_and_remote_writes(
     body = json.loads(result.output)
     local = [w for w in body["writes"] if w["localState"] is not None]
     assert [(w["status"], w["localState"]) for w in local] == [("completed", "applied")]
-    if body["note"] is None:
-        # The remote keeps a history: the online write shows up too, and the
-        # replica's op appears once, merged with the remote's record of it.
-        assert [(w["status"], w["source"]) for w in body["writes"]] == [
-            ("approved", "rest"),
-            ("completed", "replica"),
-        ]
-        assert local[0]["outcome"] == "applied"
-    else:
-        assert "keeps no register history" in body["note"]
-        assert len(body["writes"]) == 1
+    # The remote keeps a history: the online write shows up too, and the
+    # replica's op appears once, merged with the remote's record of it.
+    assert body["note"] is None
+    assert [(w["status"], w["source"]) for w in body["writes"]] == [
+        ("approved", "rest"),
+        ("completed", "replica"),
+    ]
+    assert local[0]["outcome"] == "applied"
 
 
 def test_retry_reasserts_superseded_op(world: World, replica: Replica) -> None:

@@ -1,10 +1,11 @@
-"""Handlers of the sync protocol: ``POST /sync/push`` and ``GET /sync/pull``."""
+"""Handlers of the sync protocol: push, pull, and an item's register history."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from localsync.errors import BadRequest, NotFound
 from localsync.server.app import RequestContext
 from localsync.server.protocol import epoch_mismatch, parse_pull, parse_push
 from localsync.server.registers import MAX_BATCH
@@ -57,7 +58,29 @@ def pull(context: RequestContext) -> JSON:
     }
 
 
+def history(context: RequestContext) -> JSON:
+    """Return every write of an item's registers, winning or losing, oldest first."""
+    item_id = context.query.get("item")
+    if not item_id:
+        raise BadRequest("400", "Query parameter 'item' (an item id) is missing")
+    item = context.storage.item(item_id)
+    if item is None:
+        raise NotFound("404", f"Item {item_id!r} not found")
+    context.require_dataset_access(item["datasetId"])
+
+    refs = (item.get("metadata") or {}).get("system", {}).get("refs") or []
+    task_ids = [ref.get("id") for ref in refs if ref.get("type") == "task"]
+    writes = [
+        write
+        for task_id in dict.fromkeys(task_ids)
+        for write in context.storage.register_history(item_id, task_id)
+    ]
+    writes.sort(key=lambda write: write["hlc"])
+    return {"itemId": item_id, "history": writes}
+
+
 ROUTES: list[tuple[str, str, Any]] = [
     ("/sync/push", "POST", push),
     ("/sync/pull", "GET", pull),
+    ("/sync/history", "GET", history),
 ]
