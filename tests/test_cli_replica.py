@@ -398,6 +398,7 @@ def test_info_reports_replica(store: Path) -> None:
         api.login_token(jwt({"exp": expires, "email": "ann@example.com"}))
         api.store.set_setting("remote_url", "http://127.0.0.1:8787")
         api.store.set_setting("clock_offset_ms", -250)
+        api.store.set_setting("last_sync_at", 1_733_400_000_123)
 
     result = run("info", store=store)
     assert result.exit_code == 0, result.output
@@ -408,6 +409,7 @@ def test_info_reports_replica(store: Path) -> None:
     assert info["pendingOps"] == 1
     assert info["remoteUrl"] == "http://127.0.0.1:8787"
     assert info["clockOffsetMs"] == -250
+    assert info["lastSyncAt"] == "2024-12-05T12:00:00.123+00:00"
     assert info["token"]["email"] == "ann@example.com"
     assert info["token"]["expired"] is False
     assert info["token"]["expiresAt"].startswith(

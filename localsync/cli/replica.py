@@ -713,11 +713,19 @@ def info_command(api: ReplicaApi) -> None:
             "remoteUrl": store.setting("remote_url"),
             "pendingOps": _ops_in_state(store, "pending"),
             "opsByState": {state: _ops_in_state(store, state) for state in OP_STATES},
-            "lastSyncAt": store.setting("last_sync_at"),
+            "lastSyncAt": _iso_from_ms(store.setting("last_sync_at")),
             "clockOffsetMs": int(store.setting("clock_offset_ms") or 0),
             "token": _token_info(store.setting("token")),
         }
     )
+
+
+def _iso_from_ms(milliseconds: str | None) -> str | None:
+    """Format a stored ms-since-epoch setting as an ISO 8601 UTC time."""
+    if milliseconds is None:
+        return None
+    moment = datetime.fromtimestamp(int(milliseconds) / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds")
 
 
 def _name_and_id(document: JSONDict | None) -> JSONDict | None:
