@@ -50,6 +50,10 @@ RegisterKey = tuple[str, str]
 _REGISTER_COLUMNS = (
     "item_id, task_id, dataset_id, status, hlc, creator, timestamp, source, replica_id"
 )
+_HISTORY_COLUMNS = (
+    "item_id, task_id, dataset_id, status, hlc, creator, timestamp, source, "
+    "user_email, replica_id, op_id, outcome, reason, restamped, recorded_at"
+)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class RegisterBatch:
         self.registers = load_registers(transaction.connection, register_keys)
         self._changed_items: dict[str, JSON] = {}
         self._changed_registers: dict[RegisterKey, tuple[str, JSON]] = {}
-        self._history: list[tuple[Any, ...]] = []
+        self._history: list[JSON] = []
 
     def current(self, item_id: str, task_id: str) -> JSON | None:
         return self.registers.get((item_id, task_id))
@@ -183,64 +187,71 @@ class RegisterBatch:
     ) -> None:
         """Queue a register history row."""
         self._history.append(
-            (
-                item_id,
-                task_id,
-                dataset_id,
-                write.status,
-                write.hlc,
-                write.creator,
-                hlc_time(write.hlc),
-                write.source,
-                write.user_email,
-                write.replica_id,
-                write.op_id,
-                outcome,
-                reason,
-                write.restamped,
-                time.time_ns() // 1_000_000,
-            )
+            {
+                "item_id": item_id,
+                "task_id": task_id,
+                "dataset_id": dataset_id,
+                "status": write.status,
+                "hlc": write.hlc,
+                "creator": write.creator,
+                "timestamp": hlc_time(write.hlc),
+                "source": write.source,
+                "user_email": write.user_email,
+                "replica_id": write.replica_id,
+                "op_id": write.op_id,
+                "outcome": outcome,
+                "reason": reason,
+                "restamped": write.restamped,
+                "recorded_at": time.time_ns() // 1_000_000,
+            }
         )
 
     def flush(self) -> None:
-        """Write the changed registers and items and the queued history rows."""
+        """Write the changed registers and items and the queued history rows.
+
+        Rows travel as one JSON array each, which psycopg sends without the
+        per-element escaping that array parameters take.
+        """
         if self._changed_registers:
             rows = [
-                (key[0], key[1], dataset_id, r["status"], r["hlc"], r["creator"])
-                + (r["timestamp"], r["source"], r["replicaId"])
-                for key, (dataset_id, r) in sorted(self._changed_registers.items())
+                {
+                    "item_id": key[0],
+                    "task_id": key[1],
+                    "dataset_id": dataset_id,
+                    "status": register["status"],
+                    "hlc": register["hlc"],
+                    "creator": register["creator"],
+                    "timestamp": register["timestamp"],
+                    "source": register["source"],
+                    "replica_id": register["replicaId"],
+                }
+                for key, (dataset_id, register) in sorted(
+                    self._changed_registers.items()
+                )
             ]
             self.transaction.execute(
                 f"INSERT INTO registers ({_REGISTER_COLUMNS}) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::text[]) "
+                f"SELECT {_REGISTER_COLUMNS} "
+                "FROM jsonb_populate_recordset(NULL::registers, %s) "
                 "ON CONFLICT (item_id, task_id) DO UPDATE SET "
                 "status = excluded.status, hlc = excluded.hlc, "
                 "creator = excluded.creator, timestamp = excluded.timestamp, "
                 "source = excluded.source, replica_id = excluded.replica_id",
-                _columns(rows, 9),
+                (Jsonb(rows),),
             )
         save_items(self.transaction, self.db, self._changed_items.values())
         if self._history:
             self.transaction.execute(
-                "INSERT INTO register_history (item_id, task_id, dataset_id, status, "
-                "hlc, creator, timestamp, source, user_email, replica_id, op_id, "
-                "outcome, reason, restamped, recorded_at) "
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-                "%s::boolean[], %s::bigint[])",
-                _columns(self._history, 15),
+                f"INSERT INTO register_history ({_HISTORY_COLUMNS}) "
+                f"SELECT {_HISTORY_COLUMNS} FROM jsonb_array_elements(%s) "
+                "WITH ORDINALITY AS rows (document, position) CROSS JOIN LATERAL "
+                "jsonb_populate_record(NULL::register_history, rows.document) "
+                "ORDER BY rows.position",
+                (Jsonb(self._history),),
             )
         self._changed_registers.clear()
         self._changed_items.clear()
         self._history.clear()
-
-
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Transpose rows into one list per column, for ``unnest``."""
-    return [[row[index] for row in rows] for index in range(width)]
 
 
 def register_history(db: PostgresDatabase, item_id: str, task_id: str) -> list[JSON]:
@@ -402,9 +413,9 @@ def push(
             batch, tasks, deleted, dataset_id, user_email, replica_id
         )
 
-        def apply_all(clock: Clock) -> tuple[list[JSON], list[tuple[Any, ...]], str]:
+        def apply_all(clock: Clock) -> tuple[list[JSON], list[JSON], str]:
             results: list[JSON] = []
-            new_rows: list[tuple[Any, ...]] = []
+            new_rows: list[JSON] = []
             for op in ops:
                 digest = op_content_hash(op)
                 earlier = stored.get(op.seq)
@@ -415,7 +426,9 @@ def push(
                     continue
                 result = context.apply(clock, op)
                 stored[op.seq] = _StoredOp(digest, result)
-                new_rows.append((op.seq, op.op_id, digest, Jsonb(result)))
+                new_rows.append(
+                    {"seq": op.seq, "opId": op.op_id, "hash": digest, "result": result}
+                )
                 results.append(result)
             return results, new_rows, str(clock.last)
 
@@ -438,9 +451,7 @@ def _stored_ops(
     return {row["seq"]: _StoredOp(row["content_hash"], row["result"]) for row in rows}
 
 
-def _store_ops(
-    transaction: Transaction, replica_id: str, rows: list[tuple[Any, ...]]
-) -> None:
+def _store_ops(transaction: Transaction, replica_id: str, rows: list[JSON]) -> None:
     """Record pushed ops; rerun the push if a concurrent one recorded them first.
 
     Two requests with the same ops can both miss the record and apply them; the
@@ -451,9 +462,10 @@ def _store_ops(
         return
     inserted = transaction.execute(
         "INSERT INTO pushed_ops (replica_id, seq, op_id, content_hash, result) "
-        "SELECT %s, * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::jsonb[]) "
+        "SELECT %s, (op ->> 'seq')::bigint, op ->> 'opId', op ->> 'hash', "
+        "op -> 'result' FROM jsonb_array_elements(%s) AS rows (op) "
         "ON CONFLICT (replica_id, seq) DO NOTHING RETURNING seq",
-        (replica_id, *_columns(rows, 4)),
+        (replica_id, Jsonb(rows)),
     ).fetchall()
     if len(inserted) != len(rows):
         raise RetryTransaction(

@@ -73,22 +73,24 @@ def load_all_json(connection: Connection, query: str, params: Any) -> list[JSON]
 def save_items(
     transaction: Transaction, db: PostgresDatabase, items: Iterable[JSON]
 ) -> None:
-    """Insert or replace items, recording their array paths first."""
-    rows = list(items)
+    """Insert or replace items, recording their array paths first.
+
+    The items travel as one JSON array: psycopg escapes every element of a
+    ``jsonb[]`` parameter with a regular expression, which took most of a push's
+    time. New rows are inserted in id order, the order of row locks.
+    """
+    rows = sorted(items, key=lambda item: item["id"])
     if not rows:
         return
     for item in rows:
         note_array_paths(transaction, db, item["datasetId"], "item", item)
     transaction.execute(
         "INSERT INTO items (id, dataset_id, json) "
-        "SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[]) "
+        "SELECT document ->> 'id', document ->> 'datasetId', document "
+        "FROM jsonb_array_elements(%s) AS rows (document) "
         "ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id, "
         "json = excluded.json",
-        (
-            [item["id"] for item in rows],
-            [item["datasetId"] for item in rows],
-            [Jsonb(item) for item in rows],
-        ),
+        (Jsonb(rows),),
     )
 
 
@@ -96,21 +98,25 @@ def save_item(transaction: Transaction, db: PostgresDatabase, item: JSON) -> Non
     save_items(transaction, db, [item])
 
 
-def save_annotation(
-    transaction: Transaction, db: PostgresDatabase, annotation: JSON
+def save_annotations(
+    transaction: Transaction, db: PostgresDatabase, annotations: Iterable[JSON]
 ) -> None:
-    note_array_paths(transaction, db, annotation["datasetId"], "annotation", annotation)
+    """Insert or replace annotations, recording their array paths first."""
+    rows = sorted(annotations, key=lambda annotation: annotation["id"])
+    if not rows:
+        return
+    for annotation in rows:
+        note_array_paths(
+            transaction, db, annotation["datasetId"], "annotation", annotation
+        )
     transaction.execute(
         "INSERT INTO annotations (id, item_id, dataset_id, json) "
-        "VALUES (%s, %s, %s, %s) "
+        "SELECT document ->> 'id', document ->> 'itemId', "
+        "document ->> 'datasetId', document "
+        "FROM jsonb_array_elements(%s) AS rows (document) "
         "ON CONFLICT (id) DO UPDATE SET item_id = excluded.item_id, "
         "dataset_id = excluded.dataset_id, json = excluded.json",
-        (
-            annotation["id"],
-            annotation["itemId"],
-            annotation["datasetId"],
-            Jsonb(annotation),
-        ),
+        (Jsonb(rows),),
     )
 
 

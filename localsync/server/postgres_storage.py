@@ -43,7 +43,7 @@ from localsync.server.postgres_rows import (
     load_json,
     load_many,
     lock_items,
-    save_annotation,
+    save_annotations,
     save_items,
 )
 
@@ -267,6 +267,7 @@ class PostgresStorage(Storage):
             transaction.connection, "annotation", annotation_ids
         )
         changed_items: dict[str, JSON] = {}
+        changed_annotations: dict[str, JSON] = {}
         for entry in batch:
             item = self._imported_item(dataset_id, entry, stored, now, counts)
             if item is not None:
@@ -275,9 +276,10 @@ class PostgresStorage(Storage):
             for annotation in entry.annotations:
                 if self._annotation_changed(annotation, stored_annotations, counts):
                     stored_annotations[annotation["id"]] = annotation
-                    save_annotation(transaction, self.db, annotation)
+                    changed_annotations[annotation["id"]] = annotation
                     transaction.touch(dataset_id, "annotation", annotation["id"])
         save_items(transaction, self.db, changed_items.values())
+        save_annotations(transaction, self.db, changed_annotations.values())
         return counts
 
     def _imported_item(
