@@ -6,6 +6,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,42 @@ def load_average() -> list[float] | None:
 def free_disk_bytes(path: Path) -> int:
     path.mkdir(parents=True, exist_ok=True)
     return shutil.disk_usage(path).free
+
+
+def code_version(repo: Path) -> dict[str, Any]:
+    """Return the commit measured and whether the package differs from it.
+
+    ``LOCALSYNC_BENCH_COMMIT`` names the commit for a tree exported without
+    ``.git`` (such as ``git archive`` output).
+    """
+    exported = os.environ.get("LOCALSYNC_BENCH_COMMIT")
+    if exported:
+        return {"commit": exported, "modified": False, "exported": True}
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "status",
+                "--porcelain",
+                "--",
+                "localsync",
+                "schema",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "modified": None, "exported": False}
+    return {"commit": commit, "modified": bool(changes.strip()), "exported": False}
 
 
 def machine_facts(data_dir: Path) -> dict[str, Any]:

@@ -19,13 +19,19 @@ from typing import Any
 import httpx
 
 from bench_lib import datasets, query_bench, servers, status_bench, sync_bench
-from bench_lib.environment import free_disk_bytes, load_average, machine_facts
+from bench_lib.environment import (
+    code_version,
+    free_disk_bytes,
+    load_average,
+    machine_facts,
+)
 from bench_lib.targets import SCENARIOS, check_targets
 from bench_lib.timing import Budget, RateBook, summarize, timed
 from localsync.store import Replica
 
 logger = logging.getLogger("bench")
 
+REPO = Path(__file__).resolve().parents[2]
 LARGE_SIZE = 1_000_000
 SYNC_ITEMS = 10_000
 QUICK_SYNC_ITEMS = 200
@@ -89,6 +95,7 @@ class Suite:
                 "phases": list(settings.phases),
             },
             "machine": machine_facts(settings.data_dir),
+            "code": code_version(REPO),
             "data": {"source": self.source.kind, "note": self.source.note},
             "datasets": [],
             "servers": [],
