@@ -26,8 +26,10 @@ class Sql:
     params: tuple[Any, ...] = ()
 
 
-TRUE = Sql("1")
-FALSE = Sql("0")
+# SQL's boolean literals (SQLite has them since 3.23): PostgreSQL rejects an
+# integer where a condition belongs.
+TRUE = Sql("TRUE")
+FALSE = Sql("FALSE")
 
 
 def sql(template: str, *parts: Sql | str) -> Sql:
@@ -457,9 +459,15 @@ DIALECTS: dict[str, Dialect] = {"sqlite": SqliteDialect()}
 def get_dialect(dialect: str | Dialect) -> Dialect:
     if isinstance(dialect, Dialect):
         return dialect
+    if dialect == "postgresql" and dialect not in DIALECTS:
+        # Imported late because localsync.dql.postgres_dialect imports this module.
+        from localsync.dql.postgres_dialect import POSTGRES
+
+        DIALECTS[dialect] = POSTGRES
     try:
         return DIALECTS[dialect]
     except KeyError:
+        known = ", ".join(sorted({*DIALECTS, "postgresql"}))
         raise ValueError(
-            f"unknown SQL dialect {dialect!r}; expected one of {', '.join(DIALECTS)}"
+            f"unknown SQL dialect {dialect!r}; expected one of {known}"
         ) from None
