@@ -104,6 +104,7 @@ def start_server(db_url: str, log: Path, *extra: str) -> ServerProcess:
 class Cluster:
     """A seeded database and the server processes on it."""
 
+    url: str
     storage: PostgresStorage
     servers: list[ServerProcess]
     dataset: dict[str, Any]
@@ -137,7 +138,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         try:
             for index in range(SERVERS):
                 servers.append(start_server(url, folder / f"server-{index}.log"))
-            yield Cluster(storage, servers, dataset, task, token, item_ids)
+            yield Cluster(url, storage, servers, dataset, task, token, item_ids)
         finally:
             for server in servers:
                 server.stop()
@@ -333,7 +334,7 @@ def check_convergence(
 def test_serve_with_workers_shares_database(cluster: Cluster, tmp_path: Path) -> None:
     """``serve --workers 2`` runs two processes that serve one port."""
     log = tmp_path / "workers.log"
-    server = start_server(cluster.storage.url, log, "--workers", "2")
+    server = start_server(cluster.url, log, "--workers", "2")
     headers = {"Authorization": f"Bearer {cluster.token}"}
     try:
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:

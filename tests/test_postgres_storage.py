@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -147,6 +148,19 @@ def test_missing_database_named(pg_database_url: str) -> None:
     url = pg_database_url.replace("/localsync_test_", "/absent_")
     with pytest.raises(StoreError, match="absent"):
         PostgresStorage(url)
+
+
+def test_storage_url_hides_password(pg_database_url: str) -> None:
+    parts = urlsplit(pg_database_url)
+    with_password = urlunsplit(
+        parts._replace(netloc=f"{parts.username}:hunter2@{parts.hostname}:{parts.port}")
+    )
+    storage = PostgresStorage(with_password)
+    try:
+        assert "hunter2" not in storage.url
+        assert storage.url.endswith(parts.path)
+    finally:
+        storage.close()
 
 
 def test_unparsable_url_hides_password() -> None:
@@ -367,7 +381,7 @@ def test_push_waits_for_uncommitted_register_write(
     newer = str(Timestamp(base + 1000, 0, "c" * 32))
 
     held_connection = psycopg.connect(
-        pg_storage.url, autocommit=True, row_factory=psycopg.rows.dict_row
+        pg_storage.db.url, autocommit=True, row_factory=psycopg.rows.dict_row
     )
     transaction_block = held_connection.transaction()
     transaction_block.__enter__()

@@ -296,7 +296,7 @@ def _open_pool(url: str, pool_size: int) -> ConnectionPool[Any]:
     except PoolTimeout as exc:
         pool.close()
         raise StoreError(
-            f"Cannot connect to PostgreSQL at {_without_password(url)!r} within "
+            f"Cannot connect to PostgreSQL at {without_password(url)!r} within "
             f"{CONNECT_TIMEOUT_S:.0f} s; check that the server runs and that the URL, "
             "user and database are right"
         ) from exc
@@ -325,13 +325,13 @@ def _check_connection(url: str) -> None:
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split()) or "connection failed"
         raise StoreError(
-            f"Cannot connect to PostgreSQL at {_without_password(url)!r}: {reason}; "
+            f"Cannot connect to PostgreSQL at {without_password(url)!r}: {reason}; "
             "check that the server runs and that the URL, user and database are right"
         ) from exc
     connection.close()
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     """Return the URL without its password and options, for messages and logs."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)

@@ -34,6 +34,7 @@ from localsync.server.postgres_database import (
     DEFAULT_POOL_SIZE,
     PostgresDatabase,
     Transaction,
+    without_password,
 )
 from localsync.server.postgres_rows import (
     Connection,
@@ -86,8 +87,9 @@ class PostgresStorage(Storage):
     """Server storage in a PostgreSQL database, shared by any number of processes."""
 
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
-        self.url = url
         self.db = PostgresDatabase(url, pool_size=pool_size)
+        # The server logs this value, so it carries no password.
+        self.url = without_password(url)
 
     def meta(self) -> ServerMeta:
         return self.db.meta
