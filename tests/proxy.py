@@ -10,8 +10,17 @@ loopback, parsing each request and response so a fault can be chosen per connect
     proxy.stop()
 
 Rules are tried in the order they were added; the first one that matches and has
-uses left is consumed. ``chooser`` replaces the rules with a function, for random
-faults. The faults the proxy applied are in ``events``, every request it read is in
+uses left is consumed. ``chooser`` replaces the rules with a function that decides
+per connection and per request: :class:`RandomFaults` picks faults at random,
+:class:`FaultScript` hands out a list of faults in order, one per matching request::
+
+    proxy.chooser = FaultScript(
+        [Fault.passthrough(), Fault.cut_after_response_start()], path=PUSH
+    )
+
+A chooser sees each request's method, path and body in :class:`RequestInfo`, so a
+callback can also decide by content. The faults the proxy applied are in
+``events`` (``counts()`` sums them by kind), every request it read is in
 ``requests``.
 """
 
@@ -108,12 +117,14 @@ class Fault:
 
 @dataclass(frozen=True)
 class RequestInfo:
-    """What a fault is chosen by; ``method`` and ``path`` are empty on accept."""
+    """What a fault is chosen by; ``method``, ``path`` and ``body`` are empty on
+    accept. ``body`` is the request body as sent (chunked framing included)."""
 
     connection: int
     request: int
     method: str = ""
     path: str = ""
+    body: bytes = field(default=b"", repr=False)
 
 
 @dataclass
@@ -137,6 +148,14 @@ class Rule:
 class Event:
     fault: FaultKind
     info: RequestInfo
+    status: int | None = None  # the HTTP status a ``STATUS`` fault returned
+
+    @property
+    def label(self) -> str:
+        """Return the kind, with the status for a ``STATUS`` fault (``status_503``)."""
+        if self.fault == FaultKind.STATUS and self.status is not None:
+            return f"status_{self.status}"
+        return self.fault.value
 
 
 class _Message:
@@ -315,6 +334,14 @@ class FaultProxy:
         with self._lock:
             return sum(1 for event in self.events if event.fault == kind)
 
+    def counts(self) -> dict[str, int]:
+        """Return how often each fault was applied, by :attr:`Event.label`."""
+        totals: dict[str, int] = {}
+        with self._lock:
+            for event in self.events:
+                totals[event.label] = totals.get(event.label, 0) + 1
+        return totals
+
     # The event loop
 
     def _run(self, ready: threading.Event) -> None:
@@ -358,7 +385,8 @@ class FaultProxy:
                         fault = rule.fault
                         break
             if fault.kind != FaultKind.PASS:
-                self.events.append(Event(fault.kind, info))
+                status = fault.status if fault.kind == FaultKind.STATUS else None
+                self.events.append(Event(fault.kind, info, status))
             return fault
 
     async def _serve(
@@ -386,7 +414,9 @@ class FaultProxy:
                     return
                 index += 1
                 method, _, rest = request.start_line.partition(" ")
-                info = RequestInfo(number, index, method, rest.rsplit(" ", 1)[0])
+                info = RequestInfo(
+                    number, index, method, rest.rsplit(" ", 1)[0], request.body
+                )
                 fault = self._choose(info, on_accept=False)
                 upstream, keep_open = await self._handle(
                     request, fault, writer, upstream
@@ -459,9 +489,32 @@ class FaultProxy:
         return upstream, not (response.closes or request.closes)
 
 
+def every_request_fault() -> list[Fault]:
+    """Return one fault of each request kind a client must survive by retrying.
+
+    ``STALL`` is left out: it costs a whole client timeout per hit.
+    """
+    return [
+        Fault.reset_before_forward(),
+        Fault.cut_after_response_start(),
+        Fault.truncate(keep_bytes=40),
+        Fault.answer(502),
+        Fault.answer(503, retry_after="0"),
+        Fault.answer(429),
+        Fault.answer(429, retry_after="0"),
+        Fault.duplicate(),
+        Fault.delay(0.05),
+    ]
+
+
 @dataclass
 class RandomFaults:
-    """A ``chooser`` that picks a fault for a share ``rate`` of requests, seeded."""
+    """A ``chooser`` that picks a fault for a share ``rate`` of requests, seeded.
+
+    ``connection_rate`` is the share of new connections that get one of
+    ``connection_faults`` before any request is read. It is 0 unless set, so
+    existing callers get request faults only.
+    """
 
     rate: float
     faults: list[Fault] = field(
@@ -474,11 +527,58 @@ class RandomFaults:
         ]
     )
     seed: int = 0
+    connection_rate: float = 0.0
+    connection_faults: list[Fault] = field(
+        default_factory=lambda: [Fault.reset_on_accept(), Fault.close_on_accept()]
+    )
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed)
 
     def __call__(self, info: RequestInfo, on_accept: bool) -> Fault:
-        if on_accept or self._random.random() >= self.rate:
+        if on_accept:
+            if self._random.random() >= self.connection_rate:
+                return Fault.passthrough()
+            return self._random.choice(self.connection_faults)
+        if self._random.random() >= self.rate:
             return Fault.passthrough()
         return self._random.choice(self.faults)
+
+
+@dataclass
+class FaultScript:
+    """A ``chooser`` that applies ``faults`` in order, one per matching request.
+
+    A request matches when its method and path prefix match (``None`` matches
+    any); other requests pass through and consume nothing. ``on_accept`` is a
+    second list, consumed one entry per new connection. Once a list is used up,
+    the proxy passes everything through.
+    """
+
+    faults: list[Fault]
+    method: str | None = None
+    path: str | None = None
+    on_accept: list[Fault] = field(default_factory=list)
+    used: int = 0
+    accepted: int = 0
+
+    def __call__(self, info: RequestInfo, on_accept: bool) -> Fault:
+        if on_accept:
+            if self.accepted >= len(self.on_accept):
+                return Fault.passthrough()
+            self.accepted += 1
+            return self.on_accept[self.accepted - 1]
+        if not self._matches(info) or self.used >= len(self.faults):
+            return Fault.passthrough()
+        self.used += 1
+        return self.faults[self.used - 1]
+
+    @property
+    def done(self) -> bool:
+        """Whether every scripted fault has been handed out."""
+        return self.used >= len(self.faults) and self.accepted >= len(self.on_accept)
+
+    def _matches(self, info: RequestInfo) -> bool:
+        if self.method is not None and info.method != self.method:
+            return False
+        return self.path is None or info.path.startswith(self.path)
