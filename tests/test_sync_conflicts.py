@@ -141,6 +141,9 @@ def test_history_lists_local_and_remote_writes(
 ) -> None:
     task_id, item_id = world.task["id"], world.item_ids[2]
     online_status(dl, item_id, "approved", task_id)
+    # Earlier tests leave the server's HLC ahead of wall time, so the local write
+    # is stamped a minute later to be later than the online one whatever ran first.
+    replica.set_setting("clock_offset_ms", 60_000)
     set_statuses(replica, task_id, [item_id], "completed")
     sync(replica)
 
