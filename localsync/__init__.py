@@ -70,7 +70,7 @@ from localsync.statuses import (
     ITEM_STATUS_DISCARDED,
     ItemStatus,
 )
-from localsync.store import StatusResult
+from localsync.store import StatusResult, import_exports
 
 # The API handle class; the store's own Replica stays in localsync.store.
 Replica = ReplicaApi
@@ -148,6 +148,7 @@ __all__ = [
     "default_store_path",
     "errors",
     "exceptions",
+    "import_exports",
     "items",
     "login",
     "login_token",

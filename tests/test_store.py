@@ -335,3 +335,13 @@ def test_projection_columns_follow_json(exports_dir: Path, replica_path: Path) -
         )
         assert stale_projections(replica.conn) == [ids[0]]
     assert result.items == 1_985
+
+
+def test_import_exports_is_top_level(exports_dir: Path, replica_path: Path) -> None:
+    import localsync
+
+    result = localsync.import_exports(
+        exports_dir / "FruitImage", store=replica_path, project="p", dataset="fruit"
+    )
+
+    assert result.items == 299 + 2
