@@ -233,8 +233,49 @@ def test_unknown_status_lists_allowed(store: Path) -> None:
 
 def test_missing_item_is_error(store: Path) -> None:
     result = run("status", "set", "completed", "--item", "f" * 24, store=store)
-    assert_user_error(result, 1, "Item not found", "f" * 24)
+    assert_user_error(result, 1, "Item not found", "f" * 24, "'localsync items'")
     assert journal_rows(store) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "set", "completed", "--task", "nosuch", "--all"],
+        ["status", "clear", "--task", "nosuch", "--item", "x", "--item", "y"],
+        ["items", "--task", "nosuch"],
+        ["items", "--task", "nosuch", "--filter-json", MERINO_FILTER],
+    ],
+)
+def test_unknown_task_name_is_error(store: Path, command: list[str]) -> None:
+    result = run(*command, store=store)
+    assert_user_error(
+        result,
+        1,
+        "Error: Task 'nosuch' not found in this replica; "
+        "list the tasks with 'localsync tasks'",
+    )
+    assert "Annotation task not found" not in result.stderr
+    assert journal_rows(store) == []
+
+
+def test_unknown_parent_task_is_error(store: Path) -> None:
+    result = run(
+        "task",
+        "create",
+        "--name",
+        "qa",
+        "--type",
+        "qa",
+        "--parent-task",
+        "nosuch",
+        store=store,
+    )
+    assert_user_error(
+        result, 1, "Parent task 'nosuch' not found in this replica", "localsync tasks"
+    )
+    assert [task["name"] for task in json.loads(run("tasks", store=store).stdout)] == [
+        "review"
+    ]
 
 
 def test_three_tasks_needs_task(store: Path) -> None:

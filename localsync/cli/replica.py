@@ -20,8 +20,8 @@ from typing import Any
 import click
 
 from localsync.api import DEFAULT_STORE, STORE_ENV, ReplicaApi, status_calls, tokens
-from localsync.api.entities import Task
-from localsync.errors import ExceptionMain, LocalsyncError
+from localsync.api.entities import Item, Task
+from localsync.errors import ExceptionMain, LocalsyncError, NotFound
 from localsync.filters import Filters, FiltersOperations, custom_body
 from localsync.store import SCHEMA_VERSION, StatusResult, create_task, import_exports
 from localsync.store.journal import OP_STATES
@@ -192,8 +192,24 @@ def _iso_ms(value: int | None) -> str | None:
     return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def _task_by_name(api: ReplicaApi, name: str | None) -> Task | None:
-    return None if name is None else api.dataset_entity().tasks.get(task_name=name)
+def _task_by_name(
+    api: ReplicaApi, name: str | None, *, role: str = "Task"
+) -> Task | None:
+    """Return the dataset's task named ``name``, or raise an error naming the fix.
+
+    The API keeps the SDK's bare ``NotFound('404', 'Annotation task not found')``;
+    the command line names the task and the command that lists the tasks.
+    """
+    if name is None:
+        return None
+    dataset = api.dataset_entity()
+    try:
+        return dataset.tasks.get(task_name=name)
+    except NotFound as exc:
+        raise click.ClickException(
+            f"{role} {name!r} not found in this replica; list the tasks with "
+            "'localsync tasks'"
+        ) from exc
 
 
 def _task_refs_condition(task_id: str) -> JSONDict:
@@ -305,6 +321,7 @@ def task_create_command(
       localsync task create --name review --status completed --status approved \\
           --status discard --assignee ann@example.com
     """
+    _task_by_name(api, parent_task, role="Parent task")
     query = None if filter_json is None else custom_body(filter_json)["filter"]
     plan = create_task(
         api.store,
@@ -530,7 +547,7 @@ def _run_status_call(
     task = _task_by_name(api, task_name)
     task_id = task.id if task is not None else None
     if len(item_ids) == 1:
-        item = api.dataset_entity().items.get(item_id=item_ids[0])
+        item = _item_by_id(api, item_ids[0])
         result = item.update_status(status or "", clear=clear, task_id=task_id)
     else:
         ids = _target_ids(api, item_ids, filter_json, task)
@@ -541,6 +558,14 @@ def _run_status_call(
             f"Warning: {len(result.skipped)} item(s) skipped; see skippedItems.",
             err=True,
         )
+
+
+def _item_by_id(api: ReplicaApi, item_id: str) -> Item:
+    try:
+        return api.dataset_entity().items.get(item_id=item_id)
+    except NotFound as exc:
+        exc.add_note("list the items with 'localsync items'")
+        raise
 
 
 def _target_ids(
