@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from localsync.crash_points import crash_point
 from localsync.errors import BadRequest, Forbidden, NotFound
 from localsync.hlc import Clock
 from localsync.server.registers import (
@@ -288,7 +289,9 @@ def push(
         clock = db.clock(connection)
 
         results = []
-        for op in ops:
+        for index, op in enumerate(ops):
+            if index == len(ops) // 2:
+                crash_point("server-push-applying")
             digest = op_content_hash(op)
             stored = connection.execute(
                 "SELECT content_hash, result FROM pushed_ops "

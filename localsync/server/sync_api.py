@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from localsync.crash_points import crash_point
 from localsync.errors import BadRequest, NotFound
 from localsync.server.app import RequestContext
 from localsync.server.protocol import epoch_mismatch, parse_pull, parse_push
@@ -29,6 +30,7 @@ def push(context: RequestContext) -> JSON:
         dataset_id=request.dataset_id,
         ops=request.ops,
     )
+    crash_point("server-push-committed")
     return {
         "epoch": epoch,
         "serverHlc": outcome.server_hlc,

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from localsync.crash_points import crash_point
 from localsync.hlc import Timestamp
 from localsync.store import Replica
 from localsync.store.journal import load_clock, save_clock
@@ -149,6 +150,7 @@ def apply_push_results(
                 )
         refresh_registers(replica, touched)
         merge_clock(replica, response.exchange, _result_hlcs(response.results))
+        crash_point("push-results-marking")
     return counts
 
 
@@ -233,9 +235,11 @@ def apply_page(replica: Replica, page: PullPage, *, wipe: bool = False) -> PullC
             else:
                 run.append(change)
         _apply_run(replica, run, counts)
+        crash_point("pull-page-applying")
         set_setting(conn, "cursor", page.cursor)
         set_setting(conn, "epoch", page.exchange.epoch)
         merge_clock(replica, page.exchange, _change_hlcs(page.changes))
+        crash_point("pull-cursor-saved")
     return counts
 
 

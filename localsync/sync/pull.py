@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from localsync.crash_points import crash_point
 from localsync.errors import SyncError
 from localsync.store import Replica
 from localsync.sync.apply import PullCounts, apply_page
@@ -56,6 +57,7 @@ def pull_changes(
             if wipe:
                 replica.set_setting(REFETCH_EPOCH, None)
                 replica.set_setting(REFETCH_RUNNING, page.exchange.epoch)
+        crash_point("pull-page-committed")
         counts.add(page_counts)
         logger.debug(
             "pulled %d changes, cursor %d -> %d", len(page.changes), cursor, page.cursor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from localsync.crash_points import crash_point
 from localsync.errors import SyncError
 from localsync.store import Replica
 from localsync.sync.apply import PushCounts, apply_push_results
@@ -73,6 +74,7 @@ def push_pending(
             )
             size = smaller
             continue
+        crash_point("push-committed")
         batch = apply_push_results(replica, ops, response)
         counts.add(batch)
         logger.info(
