@@ -6,13 +6,18 @@ the results are checked with ``$match`` queries on the items' refs.
 
 from __future__ import annotations
 
+import copy
+import logging
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import localsync as dl
+from tests.server_fixtures import LOOPBACK_ENV, install_loopback_guard
 from tests.test_api_support import (
     ANNOTATOR,
     DATASET,
@@ -232,3 +237,187 @@ def test_get_items_builds_sdk_query(task: dl.Task) -> None:
         {"metadata.system.refs.id": {"$in": [task.id]}},
     ]
     assert pages.items_count == 420
+
+
+# Arguments that update_status ignores, as the SDK does.
+
+REPOSITORIES_LOGGER = "localsync.api.repositories"
+
+
+def ignored_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == REPOSITORIES_LOGGER and record.levelno == logging.WARNING
+    ]
+
+
+def test_filters_win_over_item_ids_with_warning(
+    store: Path, dataset: dl.Dataset, task: dl.Task, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = sorted(
+        stored_ids(store, FILES + " AND json_extract(json, '$.dir') != '/Merino'")
+    )[:2]
+    filters = dl.Filters(field="dir", values="/Merino")
+
+    with caplog.at_level(logging.WARNING, logger=REPOSITORIES_LOGGER):
+        result = dataset.items.update_status(
+            status=dl.ItemStatus.COMPLETED, filters=filters, item_ids=outside
+        )
+
+    merino = stored_ids(store, FILES + " AND json_extract(json, '$.dir') = '/Merino'")
+    assert set(result.changed) == merino
+    assert with_status(dataset, task.id, "completed") == merino
+    messages = ignored_warnings(caplog)
+    assert len(messages) == 1
+    assert "item_ids ignored because filters was given" in messages[0]
+
+
+def test_filters_win_over_items_and_ids(
+    store: Path, dataset: dl.Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    item = dataset.items.get(item_id=first_file(store))
+    filters = dl.Filters(field="dir", values="/Merino")
+
+    with caplog.at_level(logging.WARNING, logger=REPOSITORIES_LOGGER):
+        dataset.items.update_status(
+            "approved", filters=filters, items=[item], item_ids=[item.id]
+        )
+
+    messages = ignored_warnings(caplog)
+    assert len(messages) == 1
+    assert "items and item_ids ignored because filters was given" in messages[0]
+
+
+def test_items_win_over_item_ids_with_warning(
+    store: Path, dataset: dl.Dataset, task: dl.Task, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = sorted(stored_ids(store, FILES))[:2]
+    item = dataset.items.get(item_id=first)
+
+    with caplog.at_level(logging.WARNING, logger=REPOSITORIES_LOGGER):
+        result = dataset.items.update_status("discard", items=[item], item_ids=[second])
+
+    assert result.changed == [first]
+    assert with_status(dataset, task.id, "discard") == {first}
+    messages = ignored_warnings(caplog)
+    assert len(messages) == 1
+    assert "item_ids ignored because items was given" in messages[0]
+
+
+def test_single_target_argument_no_warning(
+    store: Path, dataset: dl.Dataset, caplog: pytest.LogCaptureFixture
+) -> None:
+    item = dataset.items.get(item_id=first_file(store))
+    with caplog.at_level(logging.WARNING, logger=REPOSITORIES_LOGGER):
+        dataset.items.update_status("completed", items=[item])
+        dataset.items.update_status("approved", item_ids=[item.id])
+        dataset.items.update_status(
+            "discard", filters=dl.Filters(field="dir", values="/Merino")
+        )
+    assert ignored_warnings(caplog) == []
+
+
+# SDK calls that localsync does not offer.
+
+
+@pytest.fixture(scope="module")
+def sdk(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """The real ``dtlpy`` 1.126.5 module, imported with no network beyond loopback."""
+    if "dtlpy" in sys.modules:
+        return sys.modules["dtlpy"]
+    install_loopback_guard()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in LOOPBACK_ENV.items():
+            patch.setenv(name, value)
+        patch.setenv("DATALOOP_PATH", str(tmp_path_factory.mktemp("dataloop")))
+        import dtlpy
+
+    return dtlpy
+
+
+def test_repository_sdk_call_is_named(dataset: dl.Dataset, task: dl.Task) -> None:
+    cases = [
+        (lambda: dataset.items.upload, "dataset.items.upload"),
+        (lambda: dl.datasets.create, "dl.datasets.create"),
+        (lambda: dl.projects.create, "dl.projects.create"),
+        (lambda: dl.items.make_dir, "dl.items.make_dir"),
+        (lambda: dataset.project.datasets.merge, "project.datasets.merge"),
+        (lambda: dataset.tasks.create_qa_task, "dataset.tasks.create_qa_task"),
+        (lambda: task.assignments.reassign, "task.assignments.reassign"),
+        (lambda: dataset.assignments.create, "dataset.assignments.create"),
+    ]
+    for access, call in cases:
+        with pytest.raises(dl.api.UnsupportedAttributeError) as caught:
+            access()
+        assert str(caught.value).startswith(
+            f"{call} is not available offline in localsync; "
+        )
+        assert isinstance(caught.value, dl.errors.NotSupportedError)
+        assert isinstance(caught.value, AttributeError)
+
+
+def test_repository_sdk_call_on_replica_handle(store: Path) -> None:
+    with dl.Replica(store) as replica:
+        with pytest.raises(
+            dl.api.UnsupportedAttributeError, match="^replica.items.upload "
+        ):
+            replica.items.upload  # noqa: B018
+
+
+def test_repository_private_and_unknown_names(dataset: dl.Dataset) -> None:
+    items = dataset.items
+    for name in ("_private", "__setstate__", "no_such_call"):
+        with pytest.raises(AttributeError) as caught:
+            getattr(items, name)
+        assert not isinstance(caught.value, dl.errors.NotSupportedError), name
+    assert not hasattr(items, "_private")
+    assert not hasattr(items, "upload")
+    duplicate = copy.copy(items)
+    assert duplicate.dataset.id == dataset.id
+
+
+def localsync_objects(
+    dataset: dl.Dataset, task: dl.Task
+) -> dict[str, tuple[object, str]]:
+    """Return each localsync object by its dtlpy class name, with its call prefix."""
+    item = dataset.items.list().items[0]
+    return {
+        "repositories.Projects": (dl.projects, "dl.projects"),
+        "repositories.Datasets": (dataset.project.datasets, "project.datasets"),
+        "repositories.Items": (dataset.items, "dataset.items"),
+        "repositories.Tasks": (dataset.tasks, "dataset.tasks"),
+        "repositories.Assignments": (task.assignments, "task.assignments"),
+        "entities.Project": (dataset.project, "project"),
+        "entities.Dataset": (dataset, "dataset"),
+        "entities.Item": (item, "item"),
+        "entities.Task": (task, "task"),
+        "entities.Assignment": (task.assignments.list()[0], "assignment"),
+    }
+
+
+def sdk_public_names(cls: type) -> set[str]:
+    """Return a dtlpy class's public attributes, attrs fields included."""
+    import attr
+
+    names = {name for name in dir(cls) if not name.startswith("_")}
+    if attr.has(cls):
+        names |= {f.name for f in attr.fields(cls) if not f.name.startswith("_")}
+    return names
+
+
+def test_every_sdk_name_exists_or_is_named(
+    sdk: ModuleType, dataset: dl.Dataset, task: dl.Task
+) -> None:
+    checked = 0
+    for path, (offered, prefix) in localsync_objects(dataset, task).items():
+        module, class_name = path.split(".")
+        sdk_class = getattr(getattr(sdk, module), class_name)
+        for name in sorted(sdk_public_names(sdk_class)):
+            if hasattr(type(offered), name):
+                continue
+            with pytest.raises(dl.api.UnsupportedAttributeError) as caught:
+                getattr(offered, name)
+            assert str(caught.value).startswith(f"{prefix}.{name} is not available")
+            checked += 1
+    assert checked > 100

@@ -68,7 +68,7 @@ class Entity:
     """Base of the entities: the stored JSON and the API handle it came from."""
 
     _kind = "entity"
-    # Public attributes of the dtlpy entity that localsync does not offer.
+    # Public attributes of the dtlpy 1.126.5 entity that localsync does not offer.
     _sdk_only: frozenset[str] = frozenset()
 
     def __init__(self, _json: JSONDict, api: ReplicaApi) -> None:
@@ -147,10 +147,11 @@ class Project(Entity):
     _sdk_only = frozenset(
         "account add_member analytics apps archived artifacts bots checkout codebases "
         "compositions contributors delete dpks drivers executions feature_constraints "
-        "feature_sets features integrations items list_members models ontologies "
-        "open_in_web org packages pipelines platform_url print projects recipes "
-        "remove_member role services settings system_project to_df triggers update "
-        "update_member webhooks".split()
+        "feature_sets features from_json integrations isBlocked is_blocked is_fetched "
+        "items list_members models ontologies open_in_web org packages pipelines "
+        "platform_url print projects recipes remove_member role services settings "
+        "system_project to_df triggers update updatedAt update_member url "
+        "webhooks".split()
     )
 
     @property
@@ -175,14 +176,18 @@ class Project(Entity):
 class Dataset(Entity):
     _kind = "dataset"
     _sdk_only = frozenset(
-        "add_label add_labels annotations assign_subset_to_items checkout clone "
-        "collections datasets delete delete_attributes delete_labels directory_tree "
-        "download download_annotations download_folder export feature_sets features "
-        "get_items_missing_ml_subset get_recipe_ids instance_map labels "
-        "labels_flat_dict ontologies ontology_ids open_in_web platform_url print "
-        "recipes remove_subset_from_items schema serialize_labels set_readonly "
-        "settings split_ml_subsets switch_recipe sync to_df unlock update "
-        "update_attributes update_label update_labels upload_annotations".split()
+        "access_level add_label add_labels annotations annotations_count "
+        "assign_subset_to_items checkout clone collections datasets delete "
+        "delete_attributes delete_labels directoryTree directory_tree download "
+        "download_annotations download_folder driver enable_sync_with_cloned "
+        "expiration_options export feature_sets features from_json "
+        "get_items_missing_ml_subset get_recipe_ids index_driver instance_map "
+        "is_fetched is_syncing items_url labels labels_flat_dict ontologies "
+        "ontology_ids open_in_web platform_url print readable_type recipes "
+        "remove_subset_from_items schema serialize_labels set_readonly "
+        "set_repositories settings split_ml_subsets src_dataset switch_recipe sync "
+        "to_df unlock update update_attributes update_label update_labels "
+        "updated_by upload_annotations url".split()
     )
 
     @property
@@ -240,11 +245,12 @@ class Dataset(Entity):
 class Item(Entity):
     _kind = "item"
     _sdk_only = frozenset(
-        "annotations assign_collection assign_subset assignments clone collections "
-        "datasets delete download features get_current_subset items "
-        "list_collections model modalities move open_in_web platform_url print "
-        "remove_subset resolved_stream resource_executions set_description "
-        "task_scores tasks to_df unassign_collection update".split()
+        "annotations annotations_link assign_collection assign_subset assignments "
+        "clone collections dataset_url datasets delete download features from_json "
+        "get_current_subset items list_collections model modalities move "
+        "open_in_web platform_url print remove_subset resolved_stream "
+        "resource_executions set_description set_repositories task_scores tasks "
+        "to_df unassign_collection update".split()
     )
 
     def __init__(
@@ -305,6 +311,10 @@ class Item(Entity):
     @property
     def project_id(self) -> str | None:
         return self._json.get("projectId") or self.dataset.project_id
+
+    @property
+    def project(self) -> Project:
+        return self._api.project_entity()
 
     @property
     def spec(self) -> Any:
@@ -402,7 +412,8 @@ class Task(Entity):
     _kind = "task"
     _sdk_only = frozenset(
         "add_items create_assignment create_qa_task current_assignments delete "
-        "open_in_web platform_url remove_items settings update".split()
+        "from_json open_in_web platform_url remove_items settings update "
+        "url".split()
     )
 
     @property
@@ -506,6 +517,10 @@ class Task(Entity):
         return self._api.project_entity()
 
     @property
+    def project(self) -> Project:
+        return self._api.project_entity()
+
+    @property
     def tasks(self) -> Tasks:
         return self.dataset.tasks
 
@@ -543,8 +558,8 @@ class Task(Entity):
 class Assignment(Entity):
     _kind = "assignment"
     _sdk_only = frozenset(
-        "datasets open_in_web platform_url print reassign redistribute to_df "
-        "update".split()
+        "datasets from_json is_fetched open_in_web platform_url print reassign "
+        "redistribute to_df update".split()
     )
 
     @property
@@ -602,6 +617,10 @@ class Assignment(Entity):
     @property
     def task(self) -> Task:
         return self.dataset.tasks.get(task_id=self.task_id)
+
+    @property
+    def project(self) -> Project:
+        return self._api.project_entity()
 
     @property
     def dataset(self) -> Dataset:

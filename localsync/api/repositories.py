@@ -28,11 +28,48 @@ logger = logging.getLogger(__name__)
 JSONDict = dict[str, Any]
 
 
-class Projects:
+class Repository:
+    """Base of the repositories: SDK-only names raise an error naming the call.
+
+    ``_sdk_only`` lists the public attributes of the dtlpy 1.126.5 repository of
+    the same name that localsync does not offer. Other missing names, and every
+    name starting with ``_`` (which ``copy``, ``pickle`` and ``hasattr`` look up),
+    raise a plain ``AttributeError``.
+    """
+
+    _sdk_only: frozenset[str] = frozenset()
+    _api: ReplicaApi
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes that are not defined on the class.
+        if name in type(self)._sdk_only:
+            raise unsupported(f"{self._call_prefix()}.{name}")
+        raise AttributeError(
+            f"{type(self).__name__!r} object has no attribute {name!r}"
+        )
+
+    def _call_prefix(self) -> str:
+        """Return how a caller reaches this repository, such as ``dataset.items``."""
+        raise NotImplementedError
+
+
+def _sdk_names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+class Projects(Repository):
     """The replica's project, found as ``dl.projects`` finds projects."""
+
+    _sdk_only = _sdk_names(
+        "add_member checkout create delete get_system_project list_members "
+        "open_in_web platform_url remove_member update update_member"
+    )
 
     def __init__(self, api: ReplicaApi) -> None:
         self._api = api
+
+    def _call_prefix(self) -> str:
+        return f"{self._api._label}.projects"
 
     def get(
         self,
@@ -54,12 +91,23 @@ class Projects:
         return [self._api.project_entity()]
 
 
-class Datasets:
+class Datasets(Repository):
     """The replica's dataset, found as ``project.datasets`` finds datasets."""
+
+    _sdk_only = _sdk_names(
+        "bulk_update_ml_subset checkout clone create delete directory_tree "
+        "download_annotations export merge open_in_web platform_url set_readonly "
+        "split_ml_subsets sync unlock update upload_annotations"
+    )
 
     def __init__(self, api: ReplicaApi, project: Project | None = None) -> None:
         self._api = api
         self._project = project
+
+    def _call_prefix(self) -> str:
+        if self._project is not None:
+            return "project.datasets"
+        return f"{self._api._label}.datasets"
 
     def get(
         self,
@@ -98,12 +146,22 @@ class Datasets:
         return [dataset]
 
 
-class Items:
+class Items(Repository):
     """Items of the replica's dataset: get, list and bulk status updates."""
+
+    _sdk_only = _sdk_names(
+        "clone datasets delete download get_all_items make_dir move_items "
+        "open_in_web platform_url set_items_entity task_scores update upload"
+    )
 
     def __init__(self, api: ReplicaApi, dataset: Dataset | None = None) -> None:
         self._api = api
         self._dataset = dataset
+
+    def _call_prefix(self) -> str:
+        if self._dataset is not None:
+            return "dataset.items"
+        return f"{self._api._label}.items"
 
     @property
     def dataset(self) -> Dataset:
@@ -201,7 +259,8 @@ class Items:
     ) -> StatusResult:
         """Set (or with ``clear``, remove) the status of many items in one call.
 
-        ``filters`` wins over ``items``, which wins over ``item_ids``. ``items`` may
+        ``filters`` wins over ``items``, which wins over ``item_ids``, and a warning
+        names the arguments left unused. ``items`` may
         be pages of any length (``task.get_items()`` pages use their task), a list,
         or one item. With no task implied, each item's task is picked with the SDK's
         rule and the items are journaled in one store call per task. Unlike the SDK,
@@ -210,6 +269,7 @@ class Items:
         """
         if items is None and item_ids is None and filters is None:
             raise BadRequest("400", "Must provide either items, item_ids or filters")
+        _warn_ignored_targets(items=items, item_ids=item_ids, filters=filters)
         if dataset is not None and dataset.id != self.dataset.id:
             raise BadRequest(
                 "400",
@@ -238,6 +298,30 @@ class Items:
         return result
 
 
+def _warn_ignored_targets(*, items: Any, item_ids: Any, filters: Any) -> None:
+    """Log a warning naming the arguments that ``update_status`` does not use.
+
+    The SDK silently takes ``filters`` over ``items`` over ``item_ids``; localsync
+    keeps that order and logs which of the given arguments it ignored.
+    """
+    if filters is not None:
+        used = "filters"
+        given = {"items": items, "item_ids": item_ids}
+    elif items is not None:
+        used = "items"
+        given = {"item_ids": item_ids}
+    else:
+        return
+    ignored = [name for name, value in given.items() if value is not None]
+    if ignored:
+        logger.warning(
+            "items.update_status: %s ignored because %s was given; pass only one "
+            "of filters, items or item_ids",
+            " and ".join(ignored),
+            used,
+        )
+
+
 def _item_filters(filters: Filters | None) -> Filters:
     """Return a copy of an item query's filters, or the default filters."""
     if filters is None:
@@ -255,12 +339,23 @@ def _item_filters(filters: Filters | None) -> Filters:
     return copy.deepcopy(filters)
 
 
-class Tasks:
+class Tasks(Repository):
     """Tasks of the replica's dataset."""
+
+    _sdk_only = _sdk_names(
+        "add_items assignments create create_consensus_task create_honeypot_task "
+        "create_labeling_task create_qa_task create_qualification_task delete "
+        "open_in_web platform_url query remove_items task_scores update"
+    )
 
     def __init__(self, api: ReplicaApi, dataset: Dataset | None = None) -> None:
         self._api = api
         self._dataset = dataset
+
+    def _call_prefix(self) -> str:
+        if self._dataset is not None:
+            return "dataset.tasks"
+        return f"{self._api._label}.tasks"
 
     @property
     def dataset(self) -> Dataset:
@@ -365,8 +460,12 @@ class Tasks:
         )
 
 
-class Assignments:
+class Assignments(Repository):
     """Assignments of the replica's dataset, or of one task."""
+
+    _sdk_only = _sdk_names(
+        "create open_in_web platform_url project_id reassign redistribute task update"
+    )
 
     def __init__(
         self, api: ReplicaApi, dataset: Dataset | None = None, task: Task | None = None
@@ -374,6 +473,13 @@ class Assignments:
         self._api = api
         self._dataset = dataset
         self._task = task
+
+    def _call_prefix(self) -> str:
+        if self._task is not None:
+            return "task.assignments"
+        if self._dataset is not None:
+            return "dataset.assignments"
+        return f"{self._api._label}.assignments"
 
     @property
     def dataset(self) -> Dataset:
