@@ -220,7 +220,7 @@ def test_status_set_skips_missing_in_bulk(store: Path) -> None:
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert body["skippedItems"] == [{"itemId": "f" * 24, "reason": "item not found"}]
-    assert "1 item(s) skipped" in result.stderr
+    assert "Warning: 1 item skipped; see skippedItems." in result.stderr
     assert len(journal_rows(store)) == 1
 
 

@@ -4,8 +4,10 @@ where every bad input gets ``Error: ...`` and changes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,8 +74,47 @@ def test_clone_prints_summary_and_progress(world: World, tmp_path: Path) -> None
     with Replica(path) as replica:
         items = replica.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
     assert f": {items} items" in result.stdout
-    assert "Cloning items" in result.stderr
+    assert "Cloning items" not in result.stderr, "no progress bar off a terminal"
+    assert result.stderr == ""
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_clone_progress_bar_on_terminal(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "tty.db"
+    primary, secondary = os.openpty()
+    chunks: list[bytes] = []
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO once the process exited and its end is closed
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    try:
+        process = subprocess.run(
+            localsync_command(*clone_args(world, path)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            env=cli_env(),
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(secondary)
+    reader.join(timeout=10)
+    os.close(primary)
+
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert process.returncode == 0, terminal
+    assert "Cloning items" in terminal
+    assert b"Cloned dataset 'sync-dataset'" in process.stdout
 
 
 def test_clone_accepts_api_prefix_and_env_token(world: World, tmp_path: Path) -> None:
@@ -101,7 +142,7 @@ def test_clone_again_resumes_same_file(world: World, store: Path) -> None:
     result = invoke(*clone_args(world, store))
 
     assert result.exit_code == 0, result.stderr
-    assert ": 0 items, 1 changes in 1 pages." in result.stdout
+    assert ": 0 items, 1 change in 1 page." in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -148,19 +189,47 @@ def test_clone_bad_input_creates_nothing(
     assert not path.exists()
 
 
-def test_clone_rejected_token_names_login(world: World, tmp_path: Path) -> None:
+def test_clone_rejected_token_names_fix(world: World, tmp_path: Path) -> None:
     forged = world.token[:-4] + ("AAAA" if not world.token.endswith("AAAA") else "BBBB")
+    path = tmp_path / "x.db"
     result = invoke(
-        *clone_args(world, tmp_path / "x.db")[:-4],
-        "--token",
-        forged,
-        "--store",
-        str(tmp_path / "x.db"),
+        *clone_args(world, path)[:-4], "--token", forged, "--store", str(path)
     )
 
     assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
     assert "returned 401" in result.stderr
-    assert "localsync login" in result.stderr
+    assert "pass a valid token with --token (or LOCALSYNC_TOKEN)" in result.stderr
+    assert "'localsync server token" in result.stderr
+    assert "localsync login" not in result.stderr, "clone made no replica to log in"
+    assert not path.exists()
+
+
+def test_clone_unreachable_remote_names_clone(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    result = invoke(
+        "clone",
+        "http://127.0.0.1:1",
+        "--project",
+        PROJECT,
+        "--dataset",
+        DATASET,
+        "--token",
+        "eyJhbGciOiJIUzI1NiJ9.eyJlbWFpbCI6ImFAZXhhbXBsZS5jb20ifQ.c2ln",
+        "--store",
+        str(path),
+        "--max-attempts",
+        "2",
+        "--max-wait",
+        "0",
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
+    assert "failed after 2 attempts" in result.stderr
+    assert "check that the remote is up and run the clone again" in result.stderr
+    assert "run the sync again" not in result.stderr
+    assert not path.exists()
 
 
 def test_clone_without_token_is_usage_error(world: World, tmp_path: Path) -> None:
@@ -232,7 +301,45 @@ def test_sync_prints_summary(world: World, store: Path) -> None:
 
     assert result.exit_code == 0, result.stderr
     assert "Pushed 3 ops: 3 applied, 0 superseded, 0 rejected." in result.stdout
-    assert "Pulled 3 changes in 1 pages." in result.stdout
+    assert "Pulled 3 changes in 1 page." in result.stdout
+
+
+def test_sync_singular_counts(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], world.item_ids[12:13], "approved")
+
+    result = invoke("sync", "--store", str(store))
+
+    assert result.exit_code == 0, result.stderr
+    assert "Pushed 1 op: 1 applied, 0 superseded, 0 rejected." in result.stdout
+    assert "Pulled 1 change in 1 page." in result.stdout
+
+
+def test_sync_remote_down_keeps_pending_ops(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], world.item_ids[3:6], "discard")
+        replica.set_setting("remote_url", "http://127.0.0.1:9/api/v1")
+
+    result = invoke(
+        "sync", "--store", str(store), "--max-attempts", "2", "--max-wait", "0"
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
+    assert "failed after 2 attempts" in result.stderr
+    assert "the 3 pending ops are kept in the journal" in result.stderr
+    with Replica(store) as replica:
+        assert journal_states(replica) == {"pending": 3}
+
+
+def test_conflicts_empty_lists_say_none(store: Path) -> None:
+    result = invoke("conflicts", "--store", str(store))
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "No conflicts: no local op lost to a newer write.",
+        "No rejected ops.",
+    ]
 
 
 def test_sync_without_remote_fails(tmp_path: Path, exports_dir: Path) -> None:
@@ -353,7 +460,7 @@ def test_history_falls_back_to_journal(world: World, store: Path) -> None:
 
     assert result.exit_code == 0, result.stderr
     assert "history is unavailable" in result.stderr
-    assert "1 writes of item" in result.stdout
+    assert f"1 write of item {item_id}, oldest first:" in result.stdout
     assert "approved" in result.stdout
 
 
@@ -362,3 +469,23 @@ def test_history_of_unknown_item_fails(store: Path) -> None:
 
     assert result.exit_code == 1
     assert "not found in this replica" in result.stderr
+
+
+def test_one_conflict_in_singular(world: World, store: Path) -> None:
+    loser = world.item_ids[14]
+    with Replica(store) as replica:
+        # Stamp the op in the past, so the online write below is surely newer.
+        replica.set_setting("clock_offset_ms", -60_000)
+        set_statuses(replica, world.task["id"], [loser], "discard")
+    world.rest_set_status([loser], "approved")
+
+    synced = invoke("sync", "--store", str(store))
+    listed = invoke("conflicts", "--store", str(store))
+
+    assert synced.exit_code == 0, synced.stderr
+    assert "1 new conflict; list them with 'localsync conflicts'." in synced.stdout
+    assert listed.exit_code == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "1 conflict (local ops that lost to a newer write):"
+    assert loser in lines[2]
+    assert lines[-1] == "No rejected ops."

@@ -135,6 +135,13 @@ def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """Return ``count`` with the noun in singular or plural: ``1 op``, ``2 ops``."""
+    if count == 1:
+        return f"{count} {noun}"
+    return f"{count} {plural or noun + 's'}"
+
+
 def echo_records(
     records: Iterable[JSONDict], columns: Sequence[str], output_format: str
 ) -> None:
@@ -555,7 +562,8 @@ def _run_status_call(
     echo_json(result.to_json())
     if result.skipped:
         click.echo(
-            f"Warning: {len(result.skipped)} item(s) skipped; see skippedItems.",
+            f"Warning: {counted(len(result.skipped), 'item')} skipped; see "
+            "skippedItems.",
             err=True,
         )
 

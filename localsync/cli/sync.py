@@ -22,13 +22,14 @@ from typing import Any
 
 import click
 
-from localsync.cli.replica import store_option, user_errors
+from localsync.cli.replica import counted, store_option, user_errors
 from localsync.errors import LocalsyncError, SyncError
 from localsync.store import Replica
 from localsync.sync import conflicts as ops
 from localsync.sync.apply import PullCounts
 from localsync.sync.clone import clone, open_remote, store_token
 from localsync.sync.engine import SyncEngine, SyncReport
+from localsync.sync.push import pending_count
 from localsync.sync.remote import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, PullPage
 from localsync.sync.retry import RetryPolicy
 from localsync.sync.watch import DEFAULT_INTERVAL, Watcher
@@ -171,10 +172,17 @@ def clone_command(
     """Clone a dataset of a remote into a new replica file.
 
     URL is http[s]://HOST:PORT, optionally followed by /api/v1. Cloning again into
-    the same file resumes or refreshes the clone.
+    the same file resumes or refreshes the clone. A progress bar shows on stderr
+    when stderr is a terminal.
+
+    \b
+    Example:
+      localsync clone http://127.0.0.1:8787 --project sheep-and-fruit \\
+          --dataset exports --token "$TOKEN" --store ann.db
     """
     policy = RetryPolicy(max_attempts=max_attempts, max_wait=max_wait)
-    with user_errors(), _clone_progress() as (on_start, on_page):
+    show_progress = sys.stderr.isatty()
+    with user_errors(), _clone_progress(show_progress) as (on_start, on_page):
         report = clone(
             store_path,
             url,
@@ -189,15 +197,28 @@ def clone_command(
         )
     click.echo(
         f"Cloned dataset {dataset!r} of project {project!r} into {str(store_path)!r}: "
-        f"{report.pull.items} items, {report.pull.changes} changes in "
-        f"{report.pull.pages} pages."
+        f"{counted(report.pull.items, 'item')}, "
+        f"{counted(report.pull.changes, 'change')} in "
+        f"{counted(report.pull.pages, 'page')}."
     )
 
 
+StartCallback = Callable[[dict[str, Any]], None]
+PageCallback = Callable[[PullPage, PullCounts], None]
+
+
 @contextmanager
-def _clone_progress() -> Iterator[
-    tuple[Callable[[dict[str, Any]], None], Callable[[PullPage, PullCounts], None]]
-]:
+def _clone_progress(
+    enabled: bool,
+) -> Iterator[tuple[StartCallback | None, PageCallback | None]]:
+    """Yield the clone's progress callbacks: a bar on stderr, or none when disabled.
+
+    Off a terminal, click prints a progress bar's label once when the bar closes,
+    after the work, so the bar is left out there.
+    """
+    if not enabled:
+        yield None, None
+        return
     bars: list[Any] = []
 
     def on_start(dataset: dict[str, Any]) -> None:
@@ -236,6 +257,10 @@ def login_command(token: str, store_path: Path) -> None:
     """Replace the token the replica sends to its remote.
 
     The token is checked for its JWT shape here and by the remote at the next sync.
+
+    \b
+    Example:
+      localsync login --token "$(cat new-token.txt)" --store ann.db
     """
     with open_replica(store_path) as replica, user_errors():
         email = store_token(replica, token)
@@ -301,6 +326,12 @@ def sync_command(
 
     Exit status 0 when the sync finished (conflicts are normal), 1 when it could not
     finish, 3 when the remote rejected ops (see 'localsync conflicts').
+
+    \b
+    Example:
+      localsync sync --store ann.db
+      localsync sync --dry-run --format json
+      localsync sync --watch --interval 30
     """
     if dry_run and (watch or interval is not None):
         raise click.UsageError(
@@ -342,11 +373,27 @@ def sync_command(
                     replica, make_remote, options, interval, stop, output_format
                 )
             return
-        with user_errors(), make_remote() as remote:
+        with user_errors(), make_remote() as remote, _noting_pending_ops(replica):
             report = SyncEngine(replica, remote, **options).sync()
         _echo_report(report, output_format)
         if report.rejected:
             sys.exit(EXIT_REJECTED)
+
+
+@contextmanager
+def _noting_pending_ops(replica: Replica) -> Iterator[None]:
+    """Add to a failed sync's error how many pending ops stay in the journal."""
+    try:
+        yield
+    except SyncError as exc:
+        pending = pending_count(replica)
+        if pending:
+            exc.add_note(
+                f"the {counted(pending, 'pending op')} "
+                f"{'is' if pending == 1 else 'are'} kept in the journal for the "
+                "next sync"
+            )
+        raise
 
 
 def _repeat_sync(
@@ -402,28 +449,31 @@ def _echo_report(report: SyncReport, output_format: str, kind: str = "sync") -> 
         return
     push, pull = report.push, report.pull
     lines = [
-        f"Pushed {push.pushed} ops: {push.applied} applied, "
+        f"Pushed {counted(push.pushed, 'op')}: {push.applied} applied, "
         f"{push.superseded} superseded, "
         f"{push.rejected} rejected."
     ]
     if kind == "sync" or pull.changes:
         lines.append(
-            f"Pulled {pull.changes} changes in {pull.pages} pages"
+            f"Pulled {counted(pull.changes, 'change')} in "
+            f"{counted(pull.pages, 'page')}"
             + (
-                f"; {pull.rejected} pending ops quarantined because their item "
-                "or task was deleted."
+                f"; {counted(pull.rejected, 'pending op')} quarantined because "
+                "their item or task was deleted."
                 if pull.rejected
                 else "."
             )
         )
     if report.conflicts:
         lines.append(
-            f"{report.conflicts} new conflicts; list them with 'localsync conflicts'."
+            f"{counted(report.conflicts, 'new conflict')}; list them with "
+            "'localsync conflicts'."
         )
     if report.epoch_changed:
         lines.append(
             "The remote's database changed (new epoch): the replica was "
-            f"fetched again; {report.reasserted} applied ops written again."
+            f"fetched again; {counted(report.reasserted, 'applied op')} written "
+            "again."
         )
     if report.new_replica_id:
         lines.append(
@@ -431,9 +481,11 @@ def _echo_report(report: SyncReport, output_format: str, kind: str = "sync") -> 
             f"copied file): now replica {report.new_replica_id}."
         )
     if report.rejected:
-        lines.append(f"{report.rejected} ops rejected; see 'localsync conflicts'.")
+        lines.append(
+            f"{counted(report.rejected, 'op')} rejected; see 'localsync conflicts'."
+        )
     if report.pending:
-        lines.append(f"{report.pending} ops still pending.")
+        lines.append(f"{counted(report.pending, 'op')} still pending.")
     for line in lines:
         click.echo(line)
 
@@ -453,8 +505,9 @@ def _echo_dry_run(replica: Replica, output_format: str) -> None:
         )
         return
     click.echo(
-        f"Would push {len(planned)} ops to {replica.setting('remote_url')} "
-        f"({len(losing)} would lose against the remote values as of the last pull)."
+        f"Would push {counted(len(planned), 'op')} to "
+        f"{replica.setting('remote_url')} ({len(losing)} would lose against the "
+        "remote values as of the last pull)."
     )
     if planned:
         echo_table(
@@ -477,15 +530,24 @@ def _echo_dry_run(replica: Replica, output_format: str) -> None:
 @store_option
 @text_format_option
 def conflicts_command(store_path: Path, output_format: str) -> None:
-    """List local ops that lost to newer writes, and ops the remote rejected."""
+    """List local ops that lost to newer writes, and ops the remote rejected.
+
+    \b
+    Example:
+      localsync conflicts --store ann.db
+      localsync conflicts --format json
+    """
     with open_replica(store_path) as replica:
         conflicts = ops.list_conflicts(replica)
         rejected = ops.rejected_ops(replica)
     if output_format == "json":
         echo_json({"conflicts": conflicts, "rejected": rejected})
         return
-    click.echo(f"{len(conflicts)} conflicts (local ops that lost to a newer write):")
     if conflicts:
+        click.echo(
+            f"{counted(len(conflicts), 'conflict')} (local ops that lost to a newer "
+            "write):"
+        )
         echo_table(
             [
                 {
@@ -511,16 +573,29 @@ def conflicts_command(store_path: Path, output_format: str) -> None:
                 "retried",
             ),
         )
-    click.echo(f"{len(rejected)} rejected ops (quarantined):")
+    else:
+        click.echo("No conflicts: no local op lost to a newer write.")
     if rejected:
+        click.echo(f"{counted(len(rejected), 'rejected op')} (quarantined):")
         echo_table(rejected, ("opId", "itemId", "taskId", "status", "reason"))
+    else:
+        click.echo("No rejected ops.")
 
 
 @click.command("retry")
 @click.argument("op_id")
 @store_option
 def retry_command(op_id: str, store_path: Path) -> None:
-    """Write a rejected or superseded op's value again, as a new op."""
+    """Write a rejected or superseded op's value again, as a new op.
+
+    OP_ID is the op id, or its first 6 or more characters, as 'localsync
+    conflicts' lists it.
+
+    \b
+    Example:
+      localsync retry 3f2a9c71 --store ann.db
+      localsync sync --store ann.db
+    """
     with open_replica(store_path) as replica, user_errors():
         result = ops.retry_op(replica, op_id, creator=replica.setting("user_email"))
     click.echo(
@@ -533,7 +608,15 @@ def retry_command(op_id: str, store_path: Path) -> None:
 @click.argument("op_id")
 @store_option
 def revert_command(op_id: str, store_path: Path) -> None:
-    """Undo an applied or pending op with a new op restoring the value before it."""
+    """Undo an applied or pending op with a new op restoring the value before it.
+
+    OP_ID is the op id, or its first 6 or more characters, as 'localsync log'
+    lists it.
+
+    \b
+    Example:
+      localsync revert 3f2a9c71 --store ann.db
+    """
     with open_replica(store_path) as replica, user_errors():
         result, previous = ops.revert_op(
             replica, op_id, creator=replica.setting("user_email")
@@ -553,7 +636,15 @@ def revert_command(op_id: str, store_path: Path) -> None:
 @click.argument("op_id")
 @store_option
 def drop_command(op_id: str, store_path: Path) -> None:
-    """Discard a pending or rejected op; the item then shows the value without it."""
+    """Discard a pending or rejected op; the item then shows the value without it.
+
+    OP_ID is the op id, or its first 6 or more characters, as 'localsync log'
+    lists it.
+
+    \b
+    Example:
+      localsync drop 3f2a9c71 --store ann.db
+    """
     with open_replica(store_path) as replica, user_errors():
         op = ops.drop_op(replica, op_id)
     click.echo(
@@ -576,7 +667,12 @@ def drop_command(op_id: str, store_path: Path) -> None:
 def history_command(
     item_id: str, store_path: Path, output_format: str, timeout: float
 ) -> None:
-    """Show every known write of an item's statuses, local and remote."""
+    """Show every known write of an item's statuses, local and remote.
+
+    \b
+    Example:
+      localsync history 64f1c0e5a1b2c3d4e5f60718 --store ann.db
+    """
     with open_replica(store_path) as replica, user_errors():
         try:
             remote = None
@@ -597,24 +693,26 @@ def history_command(
         return
     if note:
         click.echo(f"Note: {note}.", err=True)
-    click.echo(f"{len(entries)} writes of item {item_id}, oldest first:")
-    if entries:
-        for entry in entries:
-            entry["time"] = _hlc_time(entry.get("hlc"))
-        echo_table(
-            entries,
-            (
-                "time",
-                "taskId",
-                "status",
-                "creator",
-                "source",
-                "opId",
-                "localState",
-                "outcome",
-                "reason",
-            ),
-        )
+    if not entries:
+        click.echo(f"No known writes of item {item_id}.")
+        return
+    click.echo(f"{counted(len(entries), 'write')} of item {item_id}, oldest first:")
+    for entry in entries:
+        entry["time"] = _hlc_time(entry.get("hlc"))
+    echo_table(
+        entries,
+        (
+            "time",
+            "taskId",
+            "status",
+            "creator",
+            "source",
+            "opId",
+            "localState",
+            "outcome",
+            "reason",
+        ),
+    )
 
 
 def _hlc_time(hlc: str | None) -> str | None:

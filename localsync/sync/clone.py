@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from localsync.errors import BadRequest, SyncError
@@ -16,12 +17,25 @@ from localsync.sync.remote import (
     JSON,
     LocalsyncRemote,
     PullPage,
+    RemoteRejected,
     api_base_url,
     token_email,
 )
-from localsync.sync.retry import RetryPolicy
+from localsync.sync.retry import RemoteUnavailable, RetryPolicy
 
 logger = logging.getLogger(__name__)
+
+# The remote's and the retry policy's errors end with the fix for a replica that
+# exists. A clone that failed has no replica to log in to or to sync yet, so clone()
+# replaces those hints with these.
+SYNC_LOGIN_HINT = "run 'localsync login'"
+CLONE_TOKEN_HINT = (
+    "pass a valid token with --token (or LOCALSYNC_TOKEN); the server's "
+    "administrator issues one with 'localsync server token --db DB --email EMAIL "
+    "--project PROJECT'"
+)
+SYNC_AGAIN_HINT = "run the sync again"
+CLONE_AGAIN_HINT = "run the clone again"
 
 
 def open_remote(
@@ -83,7 +97,10 @@ def clone(
                 existing, base_url, dataset_name=dataset, dataset_id=None
             )
 
-    with LocalsyncRemote(base_url, token, retry=retry, timeout=timeout) as remote:
+    with (
+        _clone_hints(),
+        LocalsyncRemote(base_url, token, retry=retry, timeout=timeout) as remote,
+    ):
         project_json = remote.project_by_name(project)
         dataset_json = remote.dataset_by_name(project_json["id"], dataset)
         with Replica(path, create=True) as replica:
@@ -108,6 +125,27 @@ def clone(
         report.pull.changes,
     )
     return report
+
+
+@contextmanager
+def _clone_hints() -> Iterator[None]:
+    """Re-raise a rejected token or an unreachable remote with the fix for a clone."""
+    try:
+        yield
+    except RemoteRejected as exc:
+        if exc.status_code != 401:
+            raise
+        message = _replace_hint(str(exc), SYNC_LOGIN_HINT, CLONE_TOKEN_HINT)
+        raise RemoteRejected(message, exc.status_code) from exc
+    except RemoteUnavailable as exc:
+        message = _replace_hint(str(exc), SYNC_AGAIN_HINT, CLONE_AGAIN_HINT)
+        raise RemoteUnavailable(message) from exc
+
+
+def _replace_hint(message: str, old: str, new: str) -> str:
+    if old in message:
+        return message.replace(old, new)
+    return f"{message}; {new}"
 
 
 def _check_same_dataset(
