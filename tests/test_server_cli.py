@@ -21,6 +21,17 @@ from localsync.cli import main
 from localsync.server.sqlite_storage import SQLiteStorage
 from tests.server_fixtures import database_fingerprint, synthetic_records
 
+ALL_COMMANDS = [
+    ["serve"],
+    ["server"],
+    ["server", "import"],
+    ["server", "task"],
+    ["server", "task", "create"],
+    ["server", "token"],
+    ["server", "item"],
+    ["server", "item", "delete"],
+]
+
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
@@ -280,10 +291,17 @@ def test_qa_task_takes_items_with_status(db: str, small_export: Path) -> None:
     [
         (
             ["--name", "t", "--filter-json", "{oops"],
-            1,
-            "--filter-json is not valid JSON",
+            2,
+            "Invalid value for '--filter-json': not JSON (",
         ),
-        (["--name", "t", "--filter-json", "[1]"], 1, "must be a JSON object"),
+        (["--name", "t", "--filter-json", "{oops"], 2, "'{oops'"),
+        (["--name", "t", "--filter-json", "[1]"], 2, "expected a JSON object"),
+        (["--name", "t", "--filter-json", "[1]"], 2, "got '[1]'"),
+        (
+            ["--name", "t", "--filter-json", '{"filter": 3}'],
+            2,
+            """'filter' must be a JSON object, got '{"filter": 3}'""",
+        ),
         (["--name", "t", "--filter-json", '{"dir": {"$near": 1}}'], 1, "$near"),
         (["--name", "t", "--type", "qa"], 1, "--parent-task"),
         (["--name", "t", "--parent-task", "nope"], 1, "Parent task 'nope' not found"),
@@ -308,6 +326,8 @@ def test_task_create_bad_input(
     assert expected in result.output
     if code == 1:
         assert "Error: " in result.output
+    else:
+        assert result.stderr.startswith("Usage: ")
     assert database_fingerprint(storage) == before
     storage.close()
 
@@ -329,6 +349,82 @@ def test_task_create_unknown_project(db: str, small_export: Path) -> None:
     )
     assert result.exit_code == 1
     assert "Error: Project 'q' not found" in result.output
+
+
+# Commands that need an existing database.
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["server", "token", "--email", "u@example.com", "--project", "p"],
+        ["server", "task", "create", "--project", "p", "--dataset", "d"]
+        + ["--name", "t"],
+        ["server", "item", "delete", "f" * 24],
+    ],
+)
+def test_missing_database_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    typo = tmp_path / "srever.db"
+
+    result = run(*command, "--db", str(typo))
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: server database {str(typo)!r} does not exist; create it with "
+        "'localsync server import' or check --db\n"
+    )
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_database_from_env(tmp_path: Path) -> None:
+    typo = tmp_path / "srever.db"
+    result = run(
+        "server", "token", "--email", "u@example.com", "--project", "p",
+        env={"LOCALSYNC_DB": str(typo)},
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "does not exist; create it with 'localsync server import'" in result.stderr
+    assert not typo.exists()
+
+
+def test_postgres_url_is_not_checked_as_file() -> None:
+    result = run(
+        "server", "token", "--email", "u@example.com", "--project", "p",
+        "--db", "postgresql://127.0.0.1:9/x",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ")
+    assert "does not exist" not in result.stderr
+    assert "PostgreSQL" in result.stderr
+
+
+def test_db_help_shows_env_var() -> None:
+    for command in ALL_COMMANDS:
+        result = run(*command, "-h")
+        assert result.exit_code == 0, result.output
+        if command in (["server"], ["server", "task"], ["server", "item"]):
+            continue
+        text = " ".join(result.stdout.split())
+        assert "--db PATH|URL Server database:" in text, command
+        assert "[env var: LOCALSYNC_DB; required]" in text, command
+
+
+def test_help_has_examples() -> None:
+    for command in ALL_COMMANDS:
+        result = run(*command, "-h")
+        assert result.exit_code == 0, result.output
+        assert "\n  Example:\n    localsync " in result.stdout, command
+
+
+def test_help_describes_type_and_workers() -> None:
+    task_help = " ".join(run("server", "task", "create", "-h").stdout.split())
+    assert "--type [annotation|qa] Task type; it sets the default statuses" in (
+        task_help
+    )
+    serve_help = " ".join(run("serve", "-h").stdout.split())
+    assert "--workers INTEGER RANGE Number of uvicorn worker processes." in serve_help
+    assert "only with a postgresql:// database" in serve_help
 
 
 # Tokens.
@@ -508,3 +604,58 @@ def test_serve_bad_input(tmp_path: Path, args: list[str], expected: str) -> None
     assert result.exit_code == 1
     assert "Error: " in result.output
     assert expected in result.output
+
+
+def test_serve_port_in_use_fails_before_start(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [str(Path(sys.executable).parent / "localsync"), "serve"]
+        result = subprocess.run(
+            [*command, "--db", str(db), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"Error: port {port} on 127.0.0.1 is already in use; pick another --port\n"
+    )
+    assert "started" not in result.stderr
+    assert not db.exists()
+
+
+def test_serve_invalid_tls_files(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("not a certificate\n")
+    (tmp_path / "k.pem").write_text("not a key\n")
+    result = run(
+        "serve", "--db", str(tmp_path / "s.db"),
+        "--ssl-certfile", str(tmp_path / "c.pem"),
+        "--ssl-keyfile", str(tmp_path / "k.pem"),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: --ssl-certfile ")
+    assert "could not be loaded" in result.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_serve_startup_failure_exits_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    def fail_to_start(*args: Any, **kwargs: Any) -> None:
+        # What uvicorn.run does when its server fails to start (uvicorn 0.55).
+        raise SystemExit(3)
+
+    monkeypatch.setattr(uvicorn, "run", fail_to_start)
+    monkeypatch.delenv("LOCALSYNC_DB", raising=False)
+    result = run("serve", "--db", str(tmp_path / "s.db"), "--port", str(free_port()))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: the server failed to start; the error logged above says why\n"
+    )

@@ -489,3 +489,15 @@ def test_one_conflict_in_singular(world: World, store: Path) -> None:
     assert lines[0] == "1 conflict (local ops that lost to a newer write):"
     assert loser in lines[2]
     assert lines[-1] == "No rejected ops."
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["clone", "login", "sync", "conflicts", "retry", "revert", "drop", "history"],
+)
+def test_help_has_example(command: str) -> None:
+    result = invoke(command, "-h")
+
+    assert result.exit_code == 0, result.output
+    assert "\n  Example:\n    localsync " in result.stdout
+    assert "LOCALSYNC_STORE" in result.stdout

@@ -7,25 +7,44 @@ and ``server item delete`` administer a server database given by ``--db``.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
-from collections.abc import Iterator
+import socket
+import ssl
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import click
 
+from localsync.cli.replica import parse_filter_json
 from localsync.errors import ExceptionMain, LocalsyncError
 
-DB_HELP = (
+DB_ENV = "LOCALSYNC_DB"
+DB_HELP_CREATE = (
     "Server database: a SQLite file path (created when missing) or a postgresql:// URL."
 )
+DB_HELP_EXISTING = (
+    "Server database: an existing SQLite file (made by 'localsync server import') "
+    "or a postgresql:// URL."
+)
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_CREATOR = "admin@localsync"
+# uvicorn exits with this status when the server fails to start
+# (uvicorn.config.STARTUP_FAILURE in uvicorn 0.55).
+UVICORN_STARTUP_FAILURE = 3
 
 
-def db_option(function: Any) -> Any:
-    return click.option("--db", required=True, envvar="LOCALSYNC_DB", help=DB_HELP)(
-        function
+def db_option(*, creates: bool) -> Callable[[Any], Any]:
+    """Return the ``--db`` option; ``creates`` says whether a missing file is made."""
+    return click.option(
+        "--db",
+        required=True,
+        envvar=DB_ENV,
+        show_envvar=True,
+        metavar="PATH|URL",
+        help=DB_HELP_CREATE if creates else DB_HELP_EXISTING,
     )
 
 
@@ -55,6 +74,33 @@ def _open(db: str) -> Any:
     return open_storage(db)
 
 
+def _open_existing(db: str) -> Any:
+    """Open a server database that must exist already; a missing SQLite file is an
+    error, so a mistyped --db creates nothing."""
+    if not db.startswith(POSTGRES_SCHEMES) and not os.path.exists(db):
+        raise click.ClickException(
+            f"server database {db!r} does not exist; create it with "
+            "'localsync server import' or check --db"
+        )
+    return _open(db)
+
+
+def parse_server_filter(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dict[str, Any] | None:
+    """Parse ``--filter-json`` as the replica commands do; return the query's filter.
+
+    A whole query body is accepted as well as its filter.
+    """
+    parsed = parse_filter_json(ctx, param, value)
+    if parsed is None:
+        return None
+    inner = parsed.get("filter", parsed)
+    if not isinstance(inner, dict):
+        raise click.BadParameter(f"its 'filter' must be a JSON object, got {value!r}")
+    return inner
+
+
 def _uvicorn_log_config() -> dict[str, Any]:
     from uvicorn.config import LOGGING_CONFIG
 
@@ -76,7 +122,7 @@ def _uvicorn_log_config() -> dict[str, Any]:
 
 
 @click.command()
-@db_option
+@db_option(creates=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--port",
@@ -96,7 +142,8 @@ def _uvicorn_log_config() -> dict[str, Any]:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Processes.",
+    help="Number of uvicorn worker processes. SQLite takes one write at a time, so "
+    "more than 1 speeds up pushes only with a postgresql:// database.",
 )
 def serve(
     db: str,
@@ -106,42 +153,95 @@ def serve(
     ssl_keyfile: str | None,
     workers: int,
 ) -> None:
-    """Serve the Dataloop REST subset and the sync protocol over a database."""
+    """Serve the Dataloop REST subset and the sync protocol over a database.
+
+    The TLS files, the port and the database are checked before the server
+    starts; any of them failing is an error with exit status 1.
+
+    \b
+    Example:
+      localsync serve --db server.db --port 8799
+      localsync serve --db postgresql://localsync@127.0.0.1/localsync --workers 4
+    """
     import uvicorn
 
-    if bool(ssl_certfile) != bool(ssl_keyfile):
-        raise click.ClickException(
-            "--ssl-certfile and --ssl-keyfile go together; pass both or neither"
-        )
-    for option, path in (
-        ("--ssl-certfile", ssl_certfile),
-        ("--ssl-keyfile", ssl_keyfile),
-    ):
-        if path and not os.path.isfile(path):
-            raise click.ClickException(
-                f"{option} {path!r} does not exist; pass a PEM file"
-            )
+    _check_tls(ssl_certfile, ssl_keyfile)
+    _check_port_free(host, port)
     with admin_errors():
         # Create or check the database once, before any worker starts.
         _open(db).close()
 
-    os.environ["LOCALSYNC_DB"] = db
-    uvicorn.run(
-        "localsync.server.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        access_log=False,
-        log_config=_uvicorn_log_config(),
-    )
+    os.environ[DB_ENV] = db
+    try:
+        uvicorn.run(
+            "localsync.server.app:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
+            access_log=False,
+            log_config=_uvicorn_log_config(),
+        )
+    except SystemExit as exc:
+        # NOTE: with --workers above 1, uvicorn returns normally (status 0) when a
+        # worker fails to start; only the logged error shows it.
+        if exc.code == UVICORN_STARTUP_FAILURE:
+            raise click.ClickException(
+                "the server failed to start; the error logged above says why"
+            ) from exc
+        raise
+
+
+def _check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Load the TLS certificate and key as uvicorn will, failing with ``Error: ...``."""
+    if bool(certfile) != bool(keyfile):
+        raise click.ClickException(
+            "--ssl-certfile and --ssl-keyfile go together; pass both or neither"
+        )
+    if certfile is None or keyfile is None:
+        return
+    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if not os.path.isfile(path):
+            raise click.ClickException(
+                f"{option} {path!r} does not exist; pass a PEM file"
+            )
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise click.ClickException(
+            f"--ssl-certfile {certfile!r} and --ssl-keyfile {keyfile!r} could not be "
+            f"loaded ({exc}); pass a PEM certificate and its unencrypted private key"
+        ) from exc
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind (host, port) and close it again, as uvicorn binds it (SO_REUSEADDR)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise click.ClickException(
+                    f"port {port} on {host} is already in use; pick another --port"
+                ) from exc
+            raise click.ClickException(
+                f"cannot listen on {host} port {port}: {exc}; check --host and --port"
+            ) from exc
 
 
 @click.group("server")
 def server_group() -> None:
-    """Administer a server database: import, tasks, tokens, item deletion."""
+    """Administer a server database: import, tasks, tokens, item deletion.
+
+    \b
+    Example:
+      localsync server import ./dataloop-exports --db server.db \\
+          --project sheep-and-fruit --dataset exports
+    """
 
 
 @server_group.command("import")
@@ -155,13 +255,19 @@ def server_group() -> None:
 @click.option(
     "--creator", default=DEFAULT_CREATOR, show_default=True, help="Creator email."
 )
-@db_option
+@db_option(creates=True)
 def import_command(
     directory: str, project_name: str, dataset_name: str, creator: str, db: str
 ) -> None:
     """Import the Dataloop item JSON exports under DIRECTORY into one dataset.
 
     Re-importing the same files changes nothing; statuses set on the server stay.
+    The database is created when it is missing.
+
+    \b
+    Example:
+      localsync server import ./dataloop-exports --db server.db \\
+          --project sheep-and-fruit --dataset exports
     """
     from localsync.exports import exported_items, read_export_records
     from localsync.statuses import iso_timestamp
@@ -196,26 +302,13 @@ def import_command(
 
 @server_group.group("task")
 def task_group() -> None:
-    """Create tasks."""
+    """Create tasks.
 
-
-def _parse_filter(filter_json: str | None) -> dict[str, Any] | None:
-    if filter_json is None:
-        return None
-    try:
-        parsed = json.loads(filter_json)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"--filter-json is not valid JSON: {exc}") from exc
-    if not isinstance(parsed, dict):
-        raise click.ClickException(
-            f"--filter-json must be a JSON object such as "
-            f'\'{{"$and": [{{"dir": "/a"}}]}}\', got {filter_json!r}'
-        )
-    # Accept a whole query body as well as its filter.
-    inner = parsed.get("filter", parsed)
-    if not isinstance(inner, dict):
-        raise click.ClickException("--filter-json: 'filter' must be a JSON object")
-    return inner
+    \b
+    Example:
+      localsync server task create --db server.db --project sheep-and-fruit \\
+          --dataset exports --name annotate --assignee ann@example.com
+    """
 
 
 def _project_and_dataset(
@@ -246,6 +339,8 @@ def _project_and_dataset(
     type=click.Choice(["annotation", "qa"]),
     default="annotation",
     show_default=True,
+    help="Task type; it sets the default statuses: completed and discard for "
+    "annotation, approved and discard for qa. A qa task needs --parent-task.",
 )
 @click.option(
     "--parent-task", help="Parent task name (a QA task takes its items with a status)."
@@ -255,7 +350,10 @@ def _project_and_dataset(
 )
 @click.option(
     "--filter-json",
-    help="Query filter selecting the items (default: files not hidden).",
+    callback=parse_server_filter,
+    metavar="JSON",
+    help="Query filter selecting the items, as a JSON object: the filter or a "
+    'whole query body with a "filter" key (default: files not hidden).',
 )
 @click.option(
     "--assignee", "assignees", multiple=True, help="Assignee email; repeat for more."
@@ -263,7 +361,7 @@ def _project_and_dataset(
 @click.option(
     "--creator", default=DEFAULT_CREATOR, show_default=True, help="Task owner email."
 )
-@db_option
+@db_option(creates=False)
 def task_create(
     project_name: str,
     dataset_name: str,
@@ -271,7 +369,7 @@ def task_create(
     task_type: str,
     parent_task: str | None,
     statuses: tuple[str, ...],
-    filter_json: str | None,
+    filter_json: dict[str, Any] | None,
     assignees: tuple[str, ...],
     creator: str,
     db: str,
@@ -279,11 +377,17 @@ def task_create(
     """Create a task over the items a filter selects, one assignment per assignee.
 
     Items are dealt to the assignments round-robin in id order.
+
+    \b
+    Example:
+      localsync server task create --db server.db --project sheep-and-fruit \\
+          --dataset exports --name annotate --status completed --status discard \\
+          --filter-json '{"$and": [{"dir": "/Merino"}]}' --assignee ann@example.com
     """
     from localsync.server.storage import NewTask
 
     check_names(name=name)
-    query = _parse_filter(filter_json)
+    query = filter_json
     for status in statuses:
         if not status.strip():
             raise click.ClickException("--status values must be non-empty strings")
@@ -294,7 +398,7 @@ def task_create(
         raise click.ClickException("--assignee lists an email twice; give each once")
 
     with admin_errors():
-        storage = _open(db)
+        storage = _open_existing(db)
         try:
             project, dataset = _project_and_dataset(storage, project_name, dataset_name)
             parent_id = None
@@ -342,17 +446,26 @@ def task_create(
     show_default=True,
     help="Lifetime in seconds (dtlpy treats tokens within 60 s of expiry as expired).",
 )
-@db_option
+@db_option(creates=False)
 def token_command(
     email: str, project_names: tuple[str, ...], expires_in: int, db: str
 ) -> None:
-    """Print a bearer token (JWT) for EMAIL reaching the given projects."""
+    """Print a bearer token (JWT) for EMAIL reaching the given projects.
+
+    The token is signed with LOCALSYNC_SECRET when set, else with the secret made
+    with the database, which 'localsync serve' uses too.
+
+    \b
+    Example:
+      localsync server token --db server.db --email ann@example.com \\
+          --project sheep-and-fruit > ann-token.txt
+    """
     from localsync.server.auth import issue_token
 
     if "@" not in email:
         raise click.ClickException(f"--email {email!r} is not an email address")
     with admin_errors():
-        storage = _open(db)
+        storage = _open_existing(db)
         try:
             project_ids = []
             for name in project_names:
@@ -373,16 +486,28 @@ def token_command(
 
 @server_group.group("item")
 def item_group() -> None:
-    """Administer items."""
+    """Administer items.
+
+    \b
+    Example:
+      localsync server item delete 64f1c0e5a1b2c3d4e5f60718 --db server.db
+    """
 
 
 @item_group.command("delete")
 @click.argument("item_ids", nargs=-1, required=True)
-@db_option
+@db_option(creates=False)
 def item_delete(item_ids: tuple[str, ...], db: str) -> None:
-    """Delete items with their annotations and statuses; replicas get tombstones."""
+    """Delete items with their annotations and statuses; replicas get tombstones.
+
+    Nothing is deleted when any of ITEM_IDS is not found.
+
+    \b
+    Example:
+      localsync server item delete 64f1c0e5a1b2c3d4e5f60718 --db server.db
+    """
     with admin_errors():
-        storage = _open(db)
+        storage = _open_existing(db)
         try:
             missing = [item_id for item_id in item_ids if storage.item(item_id) is None]
             if missing:
