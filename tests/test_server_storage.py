@@ -290,3 +290,4 @@ def test_delete_items_tombstones(storage: SQLiteStorage, world) -> None:
     assert len(storage.register_history(item_id, task_id)) == 1
     rows = [row for row in feed_rows(storage) if row[2].startswith(item_id)]
     assert [(kind, deleted_flag) for _, kind, _, deleted_flag in rows] == [("item", 1)]
+

@@ -8,7 +8,9 @@ the rules that make concurrent writers safe are in
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import secrets
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
@@ -96,6 +98,16 @@ class PostgresStorage(Storage):
 
     def close(self) -> None:
         self.db.close()
+
+    def renew_epoch(self) -> str:
+        epoch = secrets.token_hex(16)
+        with self.db.pool.connection() as connection:
+            connection.execute(
+                "UPDATE meta SET value = %s WHERE key = 'epoch'", (epoch,)
+            )
+        self.db.meta = dataclasses.replace(self.db.meta, epoch=epoch)
+        logger.info("server database %s has a new epoch %s", self.url, epoch)
+        return epoch
 
     # Projects and datasets.
 

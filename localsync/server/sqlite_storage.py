@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -89,6 +91,16 @@ class SQLiteStorage(Storage):
 
     def close(self) -> None:
         self.db.close()
+
+    def renew_epoch(self) -> str:
+        epoch = secrets.token_hex(16)
+        with self.db.write() as connection:
+            connection.execute(
+                "UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,)
+            )
+        self.db.meta = dataclasses.replace(self.db.meta, epoch=epoch)
+        logger.info("server database %s has a new epoch %s", self.url, epoch)
+        return epoch
 
     # Projects and datasets.
 

@@ -134,6 +134,14 @@ class Storage(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @abstractmethod
+    def renew_epoch(self) -> str:
+        """Give the database a new random epoch and return it.
+
+        Replicas that present the old epoch get 409 and pull from cursor 0 again,
+        keeping their pending ops. Use it after restoring the database from a copy.
+        """
+
     # Projects and datasets.
 
     @abstractmethod
