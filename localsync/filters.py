@@ -262,7 +262,13 @@ def custom_body(
                 f"got {filter_json[key]!r}."
             )
 
-    body = copy.deepcopy(filter_json)
+    try:
+        body = copy.deepcopy(filter_json)
+    except RecursionError as exc:
+        raise InvalidQuery(
+            "Invalid custom filter: it is nested too deeply to copy; nest fewer "
+            "$and, $or or $match levels"
+        ) from exc
     filled: JSONDict = _fill_custom_body(
         body, _resource_name(resource), page, page_size, join=None
     )
@@ -380,6 +386,10 @@ class Filters:
         """
         if method is None:
             method = self.method
+        if not isinstance(field, str):
+            raise BadRequest(
+                "400", f"Filter field must be a string such as 'dir', got {field!r}"
+            )
         if _REFS_METADATA_FIELD in field and self.resource == FiltersResource.ITEM:
             logger.warning(
                 "Conditions on %r can be met by different refs of one item, so the "
@@ -586,6 +596,10 @@ class Filters:
     def _clip_page_size(self) -> None:
         small = self.resource in _SMALL_MAX_RESOURCES
         max_page_size = _SMALL_PAGE_SIZE if small else MAX_PAGE_SIZE
+        if isinstance(self.page_size, bool) or not isinstance(self.page_size, int):
+            raise BadRequest(
+                "400", f"page_size must be an integer, got {self.page_size!r}"
+            )
         if self.page_size > max_page_size:
             logger.warning(
                 "Page size %s is above the maximum of %s for %s, so %s is used.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -84,13 +85,25 @@ def parse_filter_json(
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not JSON ({exc}): {value!r}") from exc
+        raise click.BadParameter(f"not JSON ({exc}): {_shorten(value)}") from exc
+    except RecursionError as exc:
+        raise click.BadParameter(
+            f"JSON nested too deeply to read: {_shorten(value)}"
+        ) from exc
     if not isinstance(parsed, dict):
         raise click.BadParameter(
             f"expected a JSON object such as "
-            f'\'{{"filter": {{"$and": [{{"dir": "/a"}}]}}}}\', got {value!r}'
+            f'\'{{"filter": {{"$and": [{{"dir": "/a"}}]}}}}\', got {_shorten(value)}'
         )
     return parsed
+
+
+def _shorten(value: str, limit: int = 200) -> str:
+    """Return ``repr(value)``, cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(value):,} characters)"
 
 
 def filter_json_option(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,6 +126,27 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(_with_notes(exc.message, exc)) from exc
     except LocalsyncError as exc:
         raise click.ClickException(_with_notes(str(exc), exc)) from exc
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(_database_error(exc)) from exc
+
+
+def _database_error(exc: sqlite3.DatabaseError) -> str:
+    """Return the message for an SQLite error on the replica file.
+
+    The failed command rolled back its transaction, so the replica is as the last
+    completed command left it.
+    """
+    text = str(exc)
+    if "full" in text:
+        advice = "free disk space and run the command again"
+    elif "malformed" in text or "not a database" in text:
+        advice = (
+            "the replica file is damaged; 'localsync log' may still read its "
+            "journal, then restore the file from a backup or clone again"
+        )
+    else:
+        advice = "check the replica file and run the command again"
+    return f"SQLite failed on the replica file: {text}; {advice}"
 
 
 def _with_notes(message: str, exc: BaseException) -> str:

@@ -299,11 +299,28 @@ def _check_size(filter_: object) -> None:
                 f"filter has more than {MAX_VALUES} values; "
                 "split it into several queries"
             )
+        if isinstance(value, str):
+            _check_text(value)
         if isinstance(value, dict | list):
             if depth > MAX_DEPTH:
                 raise InvalidQuery(f"filter is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key in value:
+                    if isinstance(key, str):
+                        _check_text(key)
             items = value.values() if isinstance(value, dict) else value
             pending.extend((item, depth + 1) for item in items)
+
+
+def _check_text(text: str) -> None:
+    """Reject a string that has no UTF-8 form: it holds an unpaired surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidQuery(
+            f"filter string {_show(text)} is not valid Unicode: it contains an "
+            f"unpaired surrogate at position {exc.start}"
+        ) from exc
 
 
 def parse_join(join: object) -> Filter:
@@ -342,6 +359,7 @@ def _parse_sort(sort: object) -> tuple[SortKey, ...]:
     for field, direction in sort.items():
         if not isinstance(field, str):
             raise InvalidQuery(f"sort field names must be strings, got {field!r}")
+        _check_text(field)
         if direction not in SORT_DIRECTIONS:
             raise InvalidQuery(
                 f"sort direction of {field!r} must be 'ascending' or 'descending', "
