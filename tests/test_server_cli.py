@@ -657,5 +657,5 @@ def test_serve_startup_failure_exits_1(
     result = run("serve", "--db", str(tmp_path / "s.db"), "--port", str(free_port()))
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: the server failed to start; the error logged above says why\n"
+        "Error: the server failed to start; see the error logged above\n"
     )

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -18,6 +19,9 @@ from click.testing import CliRunner, Result
 from localsync.cli import main
 from localsync.store import Replica, import_exports
 from localsync.sync import SyncEngine, open_remote
+from localsync.sync.remote import LocalsyncRemote, PushResponse
+from localsync.sync.retry import RemoteUnavailable
+from localsync.sync.watch import Watcher
 from tests.sync_support import (
     DATASET,
     PROJECT,
@@ -26,6 +30,7 @@ from tests.sync_support import (
     journal_states,
     localsync_command,
     make_world,
+    run_cli,
     set_statuses,
 )
 
@@ -501,3 +506,130 @@ def test_help_has_example(command: str) -> None:
     assert result.exit_code == 0, result.output
     assert "\n  Example:\n    localsync " in result.stdout
     assert "LOCALSYNC_STORE" in result.stdout
+
+
+# Watch mode: logging, counters and the closing summary.
+
+
+def test_watch_quiet_without_verbose_and_summary(
+    world: World, store: Path, tmp_path: Path
+) -> None:
+    task_id = world.task["id"]
+    with Replica(store) as replica:
+        # Pending before the watch starts: its first sync pushes them.
+        set_statuses(replica, task_id, world.item_ids[:4], "completed")
+    stdout, stderr = tmp_path / "watch.out", tmp_path / "watch.err"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            localsync_command(
+                "sync", "--watch", "--interval", "300", "--store", str(store)
+            ),
+            env=cli_env(),
+            stdout=out,
+            stderr=err,
+        )
+        try:
+            wait_for(lambda: "Pushed 4 ops" in stdout.read_text(), "the first sync")
+            with Replica(store) as replica:
+                set_statuses(replica, task_id, world.item_ids[4:6], "discard")
+            wait_for(
+                lambda: world.server_statuses().get(world.item_ids[5]) == "discard",
+                "the push of a journal write",
+            )
+            wait_for(lambda: "Pushed 2 ops" in stdout.read_text(), "the push report")
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+
+    assert process.returncode == 0, stderr.read_text()
+    assert stderr.read_text() == "", "only warnings and errors log without -v"
+    last = stdout.read_text().splitlines()[-1]
+    assert last.startswith("Watch stopped by SIGTERM: 1 sync, "), last
+    assert last.endswith(", 6 ops pushed, 0 ops still pending."), last
+
+
+def test_watch_summary_as_json(world: World, store: Path, tmp_path: Path) -> None:
+    stdout = tmp_path / "watch.jsonl"
+    with stdout.open("w") as out:
+        process = subprocess.Popen(
+            localsync_command(
+                "sync", "--watch", "--format", "json", "--store", str(store)
+            ),
+            env=cli_env(),
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: stdout.read_text().count("\n") >= 1, "the first sync")
+        with Replica(store) as replica:
+            replica.set_setting("remote_url", "http://127.0.0.1:9/api/v1")
+            set_statuses(replica, world.task["id"], world.item_ids[7:8], "approved")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+
+    assert process.returncode == 0, err
+    lines = [json.loads(line) for line in stdout.read_text().splitlines()]
+    assert lines[0]["kind"] == "sync"
+    summary = lines[-1]
+    assert summary["kind"] == "stopped"
+    assert summary["signal"] == "SIGINT"
+    assert summary["syncs"] == 1
+    assert summary["opsPushed"] == 0
+    assert summary["pending"] == 1
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "engine_lines", "request_lines"),
+    [("-v", True, False), ("-vv", True, True)],
+)
+def test_verbosity_controls_request_logs(
+    world: World, store: Path, verbosity: str, engine_lines: bool, request_lines: bool
+) -> None:
+    result = run_cli(verbosity, "sync", "--store", str(store))
+
+    assert result.returncode == 0, result.stderr
+    assert ("INFO localsync.sync.engine: sync round" in result.stderr) is engine_lines
+    assert ("httpx: HTTP Request: " in result.stderr) is request_lines
+
+
+class FailingSecondPush(LocalsyncRemote):
+    """A real remote whose every push after the first raises ``RemoteUnavailable``."""
+
+    pushes = 0
+
+    def push(self, **kwargs: Any) -> PushResponse:
+        FailingSecondPush.pushes += 1
+        if FailingSecondPush.pushes > 1:
+            raise RemoteUnavailable("POST /sync/push failed after 1 attempt: test")
+        return super().push(**kwargs)
+
+
+def test_watch_counts_batches_of_failed_run(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], world.item_ids[:5], "completed")
+    FailingSecondPush.pushes = 0
+    stop = threading.Event()
+    with Replica(store) as replica:
+        watcher = Watcher(
+            replica,
+            lambda: FailingSecondPush(
+                replica.setting("remote_url"), replica.setting("token")
+            ),
+            interval=300,
+            stop=stop,
+            engine_options={"batch_size": 2},
+        )
+        thread = threading.Thread(target=watcher.run)
+        thread.start()
+        wait_for(lambda: watcher.stats.failures >= 1, "the failed sync")
+        stop.set()
+        thread.join(timeout=30)
+        stats = watcher.stats
+
+    assert not thread.is_alive()
+    assert stats.syncs == 0
+    assert stats.ops_pushed == 2, "the first batch was pushed before the failure"
+    assert stats.pending == 3
+    assert stats.describe() == (
+        "0 syncs, 0 push-only runs, 2 ops pushed, 3 ops still pending"
+    )

@@ -53,13 +53,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> floa
 
 
 class Watcher:
-    """A ``localsync sync --watch`` subprocess with its log in a file."""
+    """A ``localsync -v sync --watch`` subprocess with its log in a file."""
 
     def __init__(self, store: Path, log: Path, *extra: str) -> None:
         self.log = log
         self.handle = log.open("w")
         self.process = subprocess.Popen(
-            localsync_command("sync", "--watch", "--store", str(store), *extra),
+            localsync_command("-v", "sync", "--watch", "--store", str(store), *extra),
             env=cli_env(),
             stdout=self.handle,
             stderr=subprocess.STDOUT,
@@ -165,4 +165,4 @@ def test_signal_stops_watch_cleanly(watcher: Watcher, signum: int) -> None:
 
     assert code == 0, watcher.output()
     assert "stopping after the current request" in watcher.output()
-    assert "watch stopped after" in watcher.output()
+    assert "watch stopped: " in watcher.output()

@@ -20,7 +20,12 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="localsync")
-@click.option("-v", "--verbose", count=True, help="Log progress to stderr; -vv for debug.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log progress to stderr; -vv for debug and every HTTP request.",
+)
 def main(verbose: int) -> None:
     """Offline item statuses for Dataloop-style labeling.
 
@@ -34,6 +39,11 @@ def main(verbose: int) -> None:
             level=logging.DEBUG if verbose > 1 else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    # httpx logs every request at INFO; those lines show only with -vv.
+    if verbose == 1:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    elif verbose > 1:
+        logging.getLogger("httpx").setLevel(logging.NOTSET)
 
 
 for _module in (replica, server, sync, demo):

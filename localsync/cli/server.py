@@ -37,7 +37,8 @@ UVICORN_STARTUP_FAILURE = 3
 
 
 def db_option(*, creates: bool) -> Callable[[Any], Any]:
-    """Return the ``--db`` option; ``creates`` says whether a missing file is made."""
+    """Return the ``--db`` option; ``creates`` picks the help of commands that make
+    a missing SQLite file."""
     return click.option(
         "--db",
         required=True,
@@ -189,7 +190,7 @@ def serve(
         # worker fails to start; only the logged error shows it.
         if exc.code == UVICORN_STARTUP_FAILURE:
             raise click.ClickException(
-                "the server failed to start; the error logged above says why"
+                "the server failed to start; see the error logged above"
             ) from exc
         raise
 

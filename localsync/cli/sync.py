@@ -32,7 +32,7 @@ from localsync.sync.engine import SyncEngine, SyncReport
 from localsync.sync.push import pending_count
 from localsync.sync.remote import DEFAULT_MAX_BATCH, DEFAULT_TIMEOUT, PullPage
 from localsync.sync.retry import RetryPolicy
-from localsync.sync.watch import DEFAULT_INTERVAL, Watcher
+from localsync.sync.watch import DEFAULT_INTERVAL, Watcher, WatchStats
 
 logger = logging.getLogger(__name__)
 
@@ -128,10 +128,15 @@ def open_replica(store_path: Path) -> Iterator[Replica]:
 
 
 def _ensure_logging() -> None:
-    """Log INFO to stderr in long-running modes, unless ``-v`` set up logging."""
+    """Log warnings and errors to stderr in long-running modes, with a time stamp.
+
+    ``-v`` sets up logging at INFO (or DEBUG) before this runs, and then this
+    changes nothing.
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
 
 
@@ -353,9 +358,9 @@ def sync_command(
 
         if watch:
             _ensure_logging()
-            with _stop_on_signals(stop), user_errors():
+            with _stop_on_signals(stop) as received, user_errors():
                 make_remote().close()  # fail now on a replica without a remote
-                Watcher(
+                stats = Watcher(
                     replica,
                     make_remote,
                     interval=interval or DEFAULT_INTERVAL,
@@ -365,6 +370,8 @@ def sync_command(
                         report, output_format, kind
                     ),
                 ).run()
+            if received:
+                _echo_watch_summary(stats, received[0], output_format)
             return
         if interval is not None:
             _ensure_logging()
@@ -421,23 +428,26 @@ def _repeat_sync(
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGINT or SIGTERM; a second signal interrupts at once."""
+def _stop_on_signals(stop: threading.Event) -> Iterator[list[str]]:
+    """Set ``stop`` on SIGINT or SIGTERM; a second signal interrupts at once.
+
+    Yields the list that the names of the received signals are appended to.
+    """
     previous: dict[int, Any] = {}
+    received: list[str] = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        logger.info(
-            "received %s; stopping after the current request",
-            signal.Signals(signum).name,
-        )
+        name = signal.Signals(signum).name
+        received.append(name)
+        logger.info("received %s; stopping after the current request", name)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handle)
     try:
-        yield
+        yield received
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
@@ -488,6 +498,24 @@ def _echo_report(report: SyncReport, output_format: str, kind: str = "sync") -> 
         lines.append(f"{counted(report.pending, 'op')} still pending.")
     for line in lines:
         click.echo(line)
+
+
+def _echo_watch_summary(
+    stats: WatchStats, signal_name: str, output_format: str
+) -> None:
+    if output_format == "json":
+        summary = {
+            "kind": "stopped",
+            "signal": signal_name,
+            "syncs": stats.syncs,
+            "pushes": stats.pushes,
+            "opsPushed": stats.ops_pushed,
+            "pending": stats.pending,
+            "failures": stats.failures,
+        }
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"Watch stopped by {signal_name}: {stats.describe()}.")
 
 
 def _echo_dry_run(replica: Replica, output_format: str) -> None:

@@ -19,7 +19,9 @@ from watchdog.observers import Observer
 
 from localsync.errors import LocalsyncError
 from localsync.store import Replica
+from localsync.sync.apply import now_ms
 from localsync.sync.engine import SyncEngine, SyncReport
+from localsync.sync.push import pending_count
 from localsync.sync.remote import Remote
 from localsync.sync.retry import SyncStopped
 
@@ -49,14 +51,38 @@ class _FileChanges(FileSystemEventHandler):
 
 @dataclass
 class WatchStats:
-    """Counts of a watch session. ``push_latencies`` are the seconds from the first
-    file change of a burst to the end of the push it caused."""
+    """Counts of a watch session.
+
+    ``syncs`` counts the full syncs (push, pull, push) that finished and ``pushes``
+    the push-only runs that journal writes woke. ``ops_pushed`` counts the ops
+    sent by every run, including the batches that a stopped or failed run sent
+    before it ended. ``pending`` is the number of pending ops when the watch
+    stopped. ``push_latencies`` are the seconds from the first file change of a
+    burst to the end of the push it caused.
+    """
 
     syncs: int = 0
     pushes: int = 0
+    ops_pushed: int = 0
     failures: int = 0
     ignored_wakeups: int = 0
+    pending: int = 0
     push_latencies: list[float] | None = None
+
+    def describe(self) -> str:
+        """Return the counts as one phrase: ``2 syncs, 1 push-only run, ...``."""
+        return ", ".join(
+            [
+                _counted(self.syncs, "sync"),
+                _counted(self.pushes, "push-only run"),
+                f"{_counted(self.ops_pushed, 'op')} pushed",
+                f"{_counted(self.pending, 'op')} still pending",
+            ]
+        )
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 class Watcher:
@@ -105,11 +131,8 @@ class Watcher:
         finally:
             observer.stop()
             observer.join()
-            logger.info(
-                "watch stopped after %d syncs and %d pushes",
-                self.stats.syncs,
-                self.stats.pushes,
-            )
+            self.stats.pending = pending_count(self.replica)
+            logger.info("watch stopped: %s", self.stats.describe())
         return self.stats
 
     def _loop(self) -> None:
@@ -122,6 +145,8 @@ class Watcher:
             if woke:
                 first_change = time.monotonic()
                 self._settle(first_change)
+                if self.stop.is_set():
+                    return
                 if not self._has_new_pending():
                     self.stats.ignored_wakeups += 1
                     continue
@@ -158,17 +183,21 @@ class Watcher:
             "SELECT COALESCE(MAX(rowid), 0) FROM journal"
         ).fetchone()
         started_from = int(row[0])
+        started_ms = now_ms()
         try:
             with self.make_remote() as remote:
                 engine = SyncEngine(self.replica, remote, **self.engine_options)
                 report = engine.push() if kind == "push" else engine.sync()
         except SyncStopped:
+            self.stats.ops_pushed += self._ops_marked_since(started_ms)
             return True
         except LocalsyncError as exc:
+            self.stats.ops_pushed += self._ops_marked_since(started_ms)
             self.stats.failures += 1
             logger.warning("%s failed: %s", kind, exc)
             return False
         self._pushed_from_rowid = max(self._pushed_from_rowid, started_from)
+        self.stats.ops_pushed += report.push.pushed
         if kind == "push":
             self.stats.pushes += 1
             if first_change is not None and self.stats.push_latencies is not None:
@@ -178,3 +207,14 @@ class Watcher:
         if self.on_report is not None:
             self.on_report(kind, report)
         return True
+
+    def _ops_marked_since(self, started_ms: int) -> int:
+        """Count the ops a run marked with a push result before it stopped or failed.
+
+        Its report is lost then, but each batch it sent was marked with a result
+        (and ``pushed_at``) before the next batch went out.
+        """
+        row = self.replica.conn.execute(
+            "SELECT COUNT(*) FROM journal WHERE pushed_at >= ?", (started_ms,)
+        ).fetchone()
+        return int(row[0])
