@@ -161,7 +161,10 @@ def test_clone_again_resumes_same_file(world: World, store: Path) -> None:
         ({"url": "http://127.0.0.1:notaport"}, "invalid port"),
         ({"token": "not-a-jwt"}, "Token is not a JWT"),
         ({"project": "missing-project"}, "Project 'missing-project' not found"),
-        ({"dataset": "missing-dataset"}, "Dataset 'missing-dataset' not found"),
+        (
+            {"dataset": "missing-dataset"},
+            "Dataset 'missing-dataset' not found in project 'sync-project' on ",
+        ),
     ],
 )
 def test_clone_bad_input_creates_nothing(

@@ -17,6 +17,7 @@ from localsync.sync.remote import (
     JSON,
     LocalsyncRemote,
     PullPage,
+    Remote,
     RemoteRejected,
     api_base_url,
     token_email,
@@ -102,7 +103,7 @@ def clone(
         LocalsyncRemote(base_url, token, retry=retry, timeout=timeout) as remote,
     ):
         project_json = remote.project_by_name(project)
-        dataset_json = remote.dataset_by_name(project_json["id"], dataset)
+        dataset_json = _dataset_by_name(remote, project_json["id"], project, dataset)
         with Replica(path, create=True) as replica:
             _check_same_dataset(
                 replica, base_url, dataset_name=dataset, dataset_id=dataset_json["id"]
@@ -125,6 +126,22 @@ def clone(
         report.pull.changes,
     )
     return report
+
+
+def _dataset_by_name(
+    remote: Remote, project_id: str, project: str, dataset: str
+) -> JSON:
+    """Return the dataset's JSON; a missing dataset's error names its project."""
+    try:
+        return remote.dataset_by_name(project_id, dataset)
+    except RemoteRejected as exc:
+        if exc.status_code != 404:
+            raise
+        raise RemoteRejected(
+            f"Dataset {dataset!r} not found in project {project!r} on {remote.url}; "
+            "check the name given to --dataset",
+            404,
+        ) from exc
 
 
 @contextmanager
