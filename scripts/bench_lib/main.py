@@ -30,7 +30,7 @@ def parse_sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"invalid --sizes {text!r}: sizes must be >= 1"
         )
-    return sizes
+    return sorted(set(sizes))
 
 
 def parse_phases(text: str) -> tuple[str, ...]:

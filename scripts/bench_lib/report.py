@@ -262,7 +262,11 @@ def growth_lines(figures: list[dict[str, Any]]) -> list[str]:
     ordered = sorted((f for f in figures if f["size"] > 0), key=lambda f: f["size"])
     lines = []
     for before, after in zip(ordered, ordered[1:], strict=False):
-        by_items = after["items"] != before["items"]
+        # A figure whose item count differs from its dataset size (the bulk
+        # status update) grows with the items it touches.
+        by_items = after["items"] != before["items"] and any(
+            f["items"] != f["size"] for f in (before, after)
+        )
         unit = "items updated" if by_items else "dataset items"
         numerator, denominator = (
             (after["items"], before["items"])
@@ -271,10 +275,8 @@ def growth_lines(figures: list[dict[str, Any]]) -> list[str]:
         )
         scale = numerator / denominator
         span = f"{before['size']:,} to {after['size']:,} dataset items"
-        if scale <= 1:
-            lines.append(f"- {span}: {unit} stay at {after['items']:,}")
-            scale = after["size"] / before["size"]
-            unit = "dataset items"
+        if after["items"] == before["items"] != after["size"]:
+            lines.append(f"- {span}: the items updated stay at {after['items']:,}")
         for side in ("localsync", "reference", "http"):
             if side not in before or side not in after:
                 continue

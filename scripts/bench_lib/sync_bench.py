@@ -9,7 +9,6 @@ status other than the one the items have, so every call changes every item.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from localsync.sync import SyncEngine, clone, open_remote
 
 STATUS_CYCLE = ("completed", "discard", "approved")
 WORKER = Path(__file__).with_name("dtlpy_worker.py")
+PEAK_RSS = Path(__file__).with_name("peak_rss.py")
 WATCH_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.01
 
@@ -207,24 +207,32 @@ def run_clone(
 def run_measured(argv: list[str], log_path: Path) -> tuple[float, int]:
     """Run ``argv``; return its wall time and its peak resident set size in bytes.
 
-    ``os.wait4`` returns the resource usage of that one child, where
-    ``RUSAGE_CHILDREN`` would give the maximum over every child so far.
+    The command runs under ``peak_rss.py``, which reads the peak with
+    ``os.wait4`` (the usage of that one child, where ``RUSAGE_CHILDREN`` would
+    give the maximum over every child so far) from a process small enough not
+    to inflate it. The wall time includes starting that Python process, about
+    0.1 s.
     """
-    with log_path.open("ab") as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=child_env()
-        )
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv[:2])} failed with exit status {process.returncode}; "
-            f"see {log_path}"
-        )
-    # Linux reports ru_maxrss in KiB.
-    return elapsed, usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory(prefix="bench-rss-") as folder:
+        result_path = Path(folder) / "rss.json"
+        launcher = [sys.executable, str(PEAK_RSS), str(result_path), *argv]
+        with log_path.open("ab") as log:
+            start = time.perf_counter()
+            completed = subprocess.run(
+                launcher,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=child_env(),
+                check=False,
+            )
+            elapsed = time.perf_counter() - start
+        if completed.returncode != 0 or not result_path.exists():
+            raise RuntimeError(
+                f"{' '.join(argv[:2])} failed with exit status "
+                f"{completed.returncode}; see {log_path}"
+            )
+        peak = json.loads(result_path.read_text())["max_rss_bytes"]
+    return elapsed, int(peak)
 
 
 # No-op sync
