@@ -325,6 +325,21 @@ class Filters:
         if field is not None:
             self.add(field=field, values=values, operator=operator, method=method)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Filters:
+        # Callers copy filters before changing them. A custom filter nested past
+        # Python's recursion limit would fail that copy with a RecursionError.
+        copied = type(self).__new__(type(self))
+        memo[id(self)] = copied
+        try:
+            state = copy.deepcopy(self.__dict__, memo)
+        except RecursionError as exc:
+            raise InvalidQuery(
+                "Invalid custom filter: it is nested too deeply to copy; nest fewer "
+                "$and, $or or $match levels"
+            ) from exc
+        copied.__dict__.update(state)
+        return copied
+
     @property
     def resource(self) -> str:
         """Name of the resource queried, such as ``"items"``."""

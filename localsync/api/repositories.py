@@ -287,9 +287,15 @@ class Items(Repository):
             objects = list(items.items)
         elif items is not None:
             objects = [items] if isinstance(items, Item) else list(items)
+            wrong = [item for item in objects if not isinstance(item, Item)]
+            if wrong:
+                raise BadRequest(
+                    "400",
+                    f"items must be Item objects or pages of items, got {wrong[0]!r}",
+                )
             ids = [item.id for item in objects]
         else:
-            ids = [item_ids] if isinstance(item_ids, str) else list(item_ids or [])
+            ids = status_calls.item_id_list(item_ids or [])
 
         result = status_calls.update_many(
             self._api, status, ids, task_id=task_id, clear=clear
@@ -454,7 +460,7 @@ class Tasks(Repository):
         Items missing or not in the task are skipped and counted in the result.
         """
         clear = status_calls.clears(operation)
-        ids = [item_ids] if isinstance(item_ids, str) else list(item_ids)
+        ids = status_calls.item_id_list(item_ids)
         return status_calls.update_many(
             self._api, status, ids, task_id=task_id, clear=clear
         )

@@ -73,6 +73,26 @@ def clears(operation: str) -> bool:
     return _OPERATIONS[operation]
 
 
+def item_id_list(item_ids: Any) -> list[str]:
+    """Return ``item_ids`` (one id or an iterable of ids) as a list of strings.
+
+    Raises ``BadRequest`` naming the value when it is not ids.
+    """
+    if isinstance(item_ids, str):
+        return [item_ids]
+    if not isinstance(item_ids, Iterable) or isinstance(item_ids, bytes | dict):
+        raise BadRequest(
+            "400", f"item_ids must be a list of item id strings, got {item_ids!r}"
+        )
+    ids = list(item_ids)
+    wrong = [value for value in ids if not isinstance(value, str)]
+    if wrong:
+        raise BadRequest(
+            "400", f"item_ids must be item id strings, got {wrong[0]!r} among them"
+        )
+    return ids
+
+
 def task_of_assignment(store: Store, assignment_id: str) -> str:
     """Return the id of the task an assignment belongs to; its register is that one."""
     assignment = store.get_assignment(assignment_id)
@@ -158,7 +178,7 @@ def update_many(
     anything is journaled.
     """
     store = api.store
-    ids = list(dict.fromkeys(item_ids))
+    ids = list(dict.fromkeys(item_id_list(item_ids)))
     groups: dict[str, list[str]]
     missing: list[str]
     if task_id is not None:

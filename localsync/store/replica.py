@@ -248,6 +248,8 @@ class Replica:
     def _one(self, sql: str, key: str | None) -> dict[str, Any] | None:
         if key is None:
             return None
+        if not isinstance(key, str):
+            raise BadRequest("400", f"An id must be a string, got {key!r}")
         row = self.conn.execute(sql, (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
