@@ -218,8 +218,8 @@ def _clone_progress(
 ) -> Iterator[tuple[StartCallback | None, PageCallback | None]]:
     """Yield the clone's progress callbacks: a bar on stderr, or none when disabled.
 
-    Off a terminal, click prints a progress bar's label once when the bar closes,
-    after the work, so the bar is left out there.
+    Off a terminal, click prints only the bar's label and no progress, so the
+    clone command disables the bar there.
     """
     if not enabled:
         yield None, None
