@@ -102,9 +102,34 @@ async def _json_body(request: Request) -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
+        _check_unicode(raw, body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest("400", f"Request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(
+            "400", "Request body is nested too deeply to parse; nest fewer levels"
+        ) from exc
+    return body
+
+
+def _check_unicode(raw: bytes, body: Any) -> None:
+    """Raise 400 for a body with an unpaired surrogate, which has no UTF-8 form.
+
+    ``json.loads`` accepts one from a ``\\uD800`` escape or from raw surrogate
+    bytes (which start with 0xED), and SQLite cannot store it. Other bodies skip
+    the check.
+    """
+    if b"\\u" not in raw and b"\xed" not in raw:
+        return
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(
+            "400",
+            "Request body is not valid Unicode: a string contains an unpaired "
+            f"surrogate ({exc.object[exc.start : exc.end]!r})",
+        ) from exc
 
 
 def endpoint(

@@ -18,6 +18,8 @@ from localsync.server.storage import PushOp
 
 MAX_PULL_LIMIT = 5000
 DEFAULT_PULL_LIMIT = 1000
+# The largest seq and cursor: both are stored as signed 64-bit integers.
+MAX_SEQ = 2**63 - 1
 
 _REPLICA_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -105,8 +107,10 @@ def _parse_op(op: Any, index: int) -> PushOp:
     if not isinstance(op, dict):
         raise _invalid(f"ops[{index}]", f"must be an object, got {op!r}")
     seq = op.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        raise _invalid(f"{where}seq", f"must be an integer from 1, got {seq!r}")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq <= MAX_SEQ:
+        raise _invalid(
+            f"{where}seq", f"must be an integer from 1 to {MAX_SEQ}, got {seq!r}"
+        )
     if "status" not in op:
         raise _invalid(f"{where}status", "is missing; send a status, or null to clear")
     hlc = _string(op, "hlc", where)
@@ -131,12 +135,9 @@ def parse_pull(params: Mapping[str, str]) -> PullRequest:
     if not dataset_id:
         raise BadRequest("400", "Missing query parameter 'dataset'; pass dataset=ID")
     cursor = _integer(params, "cursor", 0, minimum=0)
-    limit = _integer(params, "limit", DEFAULT_PULL_LIMIT, minimum=1)
-    if limit > MAX_PULL_LIMIT:
-        raise BadRequest(
-            "400",
-            f"Query parameter limit={limit} is too large; use 1 to {MAX_PULL_LIMIT}",
-        )
+    limit = _integer(
+        params, "limit", DEFAULT_PULL_LIMIT, minimum=1, maximum=MAX_PULL_LIMIT
+    )
     return PullRequest(
         dataset_id=dataset_id,
         cursor=cursor,
@@ -146,7 +147,12 @@ def parse_pull(params: Mapping[str, str]) -> PullRequest:
 
 
 def _integer(
-    params: Mapping[str, str], name: str, default: int, *, minimum: int
+    params: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int,
+    maximum: int = MAX_SEQ,
 ) -> int:
     text = params.get(name)
     if text is None or text == "":
@@ -159,4 +165,10 @@ def _integer(
         ) from exc
     if value < minimum:
         raise BadRequest("400", f"Query parameter {name}={value} is below {minimum}")
+    # The default maximum keeps a cursor within an SQL integer.
+    if value > maximum:
+        raise BadRequest(
+            "400",
+            f"Query parameter {name}={value} is too large; use {minimum} to {maximum}",
+        )
     return value

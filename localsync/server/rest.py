@@ -41,7 +41,9 @@ def context_projects(context: RequestContext, key: str) -> set[str]:
     requested = scope.get(key) if isinstance(scope, dict) else None
     if not requested:
         return set(context.user.project_ids)
-    if not isinstance(requested, list):
+    if not isinstance(requested, list) or not all(
+        isinstance(project_id, str) for project_id in requested
+    ):
         raise BadRequest("400", f"context.{key} must be a list of project ids")
     for project_id in requested:
         context.user.require_project(project_id)
