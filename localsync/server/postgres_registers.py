@@ -40,6 +40,7 @@ from localsync.server.registers import (
     register_change_data,
     register_key,
     stamp_incoming,
+    unknown_item_reason,
     winner_json,
 )
 from localsync.server.storage import JSON, PullPage, PushOp, PushOutcome, StatusResult
@@ -504,11 +505,13 @@ class _PushContext:
         )
 
         if reason is not None:
-            self.batch.record(
-                op.item_id, op.task_id, self.dataset_id, write, "rejected", reason
-            )
-            # The current value is shown only for a register of this dataset.
+            # The current value is shown only for a register of this dataset, and
+            # an op on another dataset's item stays out of that item's history.
             same_dataset = item is not None and item.get("datasetId") == self.dataset_id
+            if item is None or same_dataset:
+                self.batch.record(
+                    op.item_id, op.task_id, self.dataset_id, write, "rejected", reason
+                )
             current = (
                 self.batch.current(op.item_id, op.task_id) if same_dataset else None
             )
@@ -535,9 +538,9 @@ class _PushContext:
         if item is None:
             if op.item_id in self.deleted_items:
                 return f"Item {op.item_id!r} was deleted"
-            return f"Item {op.item_id!r} not found"
+            return unknown_item_reason(op.item_id, dataset_id)
         if item.get("datasetId") != dataset_id:
-            return f"Item {op.item_id!r} belongs to another dataset than {dataset_id!r}"
+            return unknown_item_reason(op.item_id, dataset_id)
         if task is None:
             return f"Task {op.task_id!r} not found"
         if task.get("datasetId") != dataset_id:

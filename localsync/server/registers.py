@@ -62,6 +62,18 @@ def op_content_hash(op: PushOp) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def unknown_item_reason(item_id: str, dataset_id: str) -> str:
+    """Return the rejection reason for an op on an item the dataset lacks.
+
+    An unknown item and one of another dataset get the same text, so a push
+    cannot tell whether an item exists in a project the token does not grant.
+    """
+    return (
+        f"Item {item_id!r} not found in dataset {dataset_id!r}: it does not exist "
+        "or belongs to another dataset"
+    )
+
+
 def is_newer(hlc: str, current: str | None) -> bool:
     """Return whether a write stamped ``hlc`` wins over a register at ``current``."""
     return current is None or hlc > current

@@ -25,6 +25,7 @@ from localsync.server.registers import (
     register_change_data,
     register_key,
     stamp_incoming,
+    unknown_item_reason,
     winner_json,
 )
 from localsync.server.sqlite_database import SQLiteDatabase
@@ -341,18 +342,20 @@ def _apply_op(
 
     reason = _rejection(connection, op, item, task, dataset_id)
     if reason is not None:
-        record_history(
-            connection,
-            op.item_id,
-            None,
-            write,
-            outcome="rejected",
-            reason=reason,
-            task_id=op.task_id,
-            dataset_id=dataset_id,
-        )
-        # The current value is shown only for a register of this dataset.
+        # The current value is shown only for a register of this dataset, and an
+        # op on another dataset's item stays out of that item's history.
         same_dataset = item is not None and item.get("datasetId") == dataset_id
+        if item is None or same_dataset:
+            record_history(
+                connection,
+                op.item_id,
+                None,
+                write,
+                outcome="rejected",
+                reason=reason,
+                task_id=op.task_id,
+                dataset_id=dataset_id,
+            )
         current = (
             load_register(connection, op.item_id, op.task_id) if same_dataset else None
         )
@@ -383,9 +386,9 @@ def _rejection(
     if item is None:
         if is_tombstoned(connection, "item", op.item_id):
             return f"Item {op.item_id!r} was deleted"
-        return f"Item {op.item_id!r} not found"
+        return unknown_item_reason(op.item_id, dataset_id)
     if item.get("datasetId") != dataset_id:
-        return f"Item {op.item_id!r} belongs to another dataset than {dataset_id!r}"
+        return unknown_item_reason(op.item_id, dataset_id)
     if task is None:
         return f"Task {op.task_id!r} not found"
     if task.get("datasetId") != dataset_id:
