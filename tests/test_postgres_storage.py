@@ -14,6 +14,7 @@ import pytest
 from localsync.errors import BadRequest, Forbidden, SchemaVersionError, StoreError
 from localsync.exports import exported_items
 from localsync.hlc import Timestamp, new_node_id, wall_clock_ms
+from localsync.server import postgres_database
 from localsync.server.postgres_database import SCHEMA_VERSION, Transaction
 from localsync.server.postgres_registers import RegisterBatch, RegisterWrite
 from localsync.server.postgres_storage import PostgresStorage
@@ -120,6 +121,54 @@ def test_newer_schema_version_rejected() -> None:
         with psycopg.connect(url) as connection:
             rows = connection.execute("SELECT version FROM schema_version").fetchall()
         assert sorted(row[0] for row in rows) == [*range(1, SCHEMA_VERSION + 1), 99]
+
+
+def _with_second_migration(
+    monkeypatch: pytest.MonkeyPatch, script: str
+) -> list[tuple[int, str]]:
+    found = postgres_database.migrations()
+    second = [*found, (len(found) + 1, script)]
+    monkeypatch.setattr(postgres_database, "migrations", lambda: second)
+    monkeypatch.setattr(postgres_database, "SCHEMA_VERSION", len(second))
+    return second
+
+
+def _columns_of_items(url: str) -> set[str]:
+    with psycopg.connect(url) as connection:
+        rows = connection.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'items'"
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_older_schema_is_migrated(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh_database() as url:
+        PostgresStorage(url).close()
+        second = _with_second_migration(
+            monkeypatch, "ALTER TABLE items ADD COLUMN note text;"
+        )
+        storage = PostgresStorage(url)
+        storage.close()
+        with psycopg.connect(url) as connection:
+            rows = connection.execute("SELECT version FROM schema_version").fetchall()
+        assert sorted(row[0] for row in rows) == [version for version, _ in second]
+        assert storage.meta().schema_version == len(second)
+        assert "note" in _columns_of_items(url)
+
+
+def test_failing_migration_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh_database() as url:
+        PostgresStorage(url).close()
+        _with_second_migration(
+            monkeypatch, "ALTER TABLE items ADD COLUMN note text; SELECT 1 / 0;"
+        )
+        with pytest.raises(StoreError, match="migration 002 failed.*at version 1"):
+            PostgresStorage(url)
+        with psycopg.connect(url) as connection:
+            rows = connection.execute("SELECT version FROM schema_version").fetchall()
+        assert [row[0] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
+        assert "note" not in _columns_of_items(url)
 
 
 def test_database_of_another_program_rejected() -> None:

@@ -365,7 +365,14 @@ def _migrate(connection: psycopg.Connection[dict[str, Any]]) -> int:
             f"than this localsync supports ({SCHEMA_VERSION}); upgrade localsync"
         )
     for version, script in migrations()[current:]:
-        connection.execute(script.encode())
+        try:
+            connection.execute(script.encode())
+        except psycopg.Error as exc:
+            # The caller's transaction rolls back every migration of this open.
+            raise StoreError(
+                f"PostgreSQL server schema migration {version:03d} failed: {exc}; "
+                f"the database was left at version {current}"
+            ) from exc
         connection.execute(
             "INSERT INTO schema_version (version) VALUES (%s)", (version,)
         )
