@@ -152,7 +152,10 @@ class PostgresDatabase:
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
         self.pool = _open_pool(url, pool_size)
-        self.known_array_paths: set[tuple[str, str, str]] = set()
+        # Array paths this process saw committed. Threads only read it, and a
+        # commit swaps in a new set, so no reader sees a set change size. Two
+        # commits at once may drop one's paths, which costs a redundant insert.
+        self.known_array_paths: frozenset[tuple[str, str, str]] = frozenset()
         self._clock_lock = threading.Lock()
         try:
             self.meta = self._initialize()
@@ -204,7 +207,10 @@ class PostgresDatabase:
             with connection.transaction():
                 result = work(transaction)
                 transaction.write_feed()
-        self.known_array_paths |= transaction.new_array_paths
+        if transaction.new_array_paths:
+            self.known_array_paths = self.known_array_paths | frozenset(
+                transaction.new_array_paths
+            )
         self._save_clock_now_and_then()
         return result
 
