@@ -113,11 +113,16 @@ class Transaction:
         Sequence values are handed out in call order but transactions commit in
         any order, so a reader could see seq 11 committed while seq 10 is not yet,
         return cursor 11 and skip 10 for good. The advisory lock taken here, per
-        dataset, is held until commit or rollback: a transaction takes a dataset's
-        next seq only after the previous holder's rows are visible, so the seqs of
-        one dataset become visible in increasing order. The lock is taken as the
-        last step of a transaction, after its row locks, so writers queue for it
-        only for the feed insert and the commit.
+        dataset, is held until commit or rollback, and PostgreSQL releases a
+        transaction's locks only after its commit is visible to new snapshots. So
+        a transaction takes a dataset's next seq only after the previous holder's
+        rows are visible, and the seqs of one dataset become visible in increasing
+        order. The lock is the last step of a transaction, after its row locks, so
+        writers queue for it only for the feed insert and the commit.
+
+        Recording ``pg_current_xact_id()`` per row and returning only rows below
+        ``pg_snapshot_xmin`` would not suffice alone: a transaction can take its
+        xid before another one takes a lower seq, so rows would still be skipped.
         """
         by_dataset: dict[str, list[tuple[str, str, bool]]] = {}
         for (dataset_id, kind, entity_id), deleted in self._feed.items():
