@@ -280,7 +280,7 @@ def test_deleted_item_quarantines_its_ops(world: World) -> None:
     result = run_cli("sync", "--store", str(replica.path))
 
     assert result.returncode == 3, result.stderr
-    assert "1 ops rejected" in result.stdout
+    assert "1 op rejected; see 'localsync conflicts'." in result.stdout
     with Replica(replica.path) as after:
         rows = after.conn.execute(
             "SELECT item_id, state, reason FROM journal"
