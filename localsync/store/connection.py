@@ -182,8 +182,11 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK TO nested_write")
-            conn.execute("RELEASE nested_write")
+            # After some errors (a full disk, an I/O error) SQLite has already
+            # rolled back the whole transaction, and the savepoint with it.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO nested_write")
+                conn.execute("RELEASE nested_write")
             raise
         conn.execute("RELEASE nested_write")
         return
