@@ -30,6 +30,7 @@ ALL_COMMANDS = [
     ["server", "token"],
     ["server", "item"],
     ["server", "item", "delete"],
+    ["server", "new-epoch"],
 ]
 
 
@@ -361,6 +362,7 @@ def test_task_create_unknown_project(db: str, small_export: Path) -> None:
         ["server", "task", "create", "--project", "p", "--dataset", "d"]
         + ["--name", "t"],
         ["server", "item", "delete", "f" * 24],
+        ["server", "new-epoch"],
     ],
 )
 def test_missing_database_creates_nothing(tmp_path: Path, command: list[str]) -> None:
@@ -659,3 +661,23 @@ def test_serve_startup_failure_exits_1(
     assert result.stderr == (
         "Error: the server failed to start; see the error logged above\n"
     )
+
+
+def test_new_epoch_replaces_epoch(db: str, small_export: Path) -> None:
+    from localsync.server.storage import open_storage
+
+    run("server", "import", str(small_export), "--project", "p", "--dataset", "d",
+        "--db", db)  # fmt: skip
+    storage = open_storage(db)
+    before = storage.meta().epoch
+    storage.close()
+
+    result = run("server", "new-epoch", "--db", db)
+
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["previousEpoch"] == before
+    assert body["epoch"] != before
+    storage = open_storage(db)
+    assert storage.meta().epoch == body["epoch"]
+    storage.close()

@@ -54,7 +54,8 @@ def check_names(**names: str) -> None:
     for option, value in names.items():
         if not value.strip():
             raise click.ClickException(
-                f"--{option} {value!r} is empty; pass a name with at least one character"
+                f"--{option} {value!r} is empty; pass a name with at least one "
+                "character"
             )
 
 
@@ -519,6 +520,29 @@ def item_delete(item_ids: tuple[str, ...], db: str) -> None:
         finally:
             storage.close()
     click.echo(json.dumps({"deleted": deleted}, indent=2))
+
+
+@server_group.command("new-epoch")
+@db_option(creates=False)
+def new_epoch(db: str) -> None:
+    """Give the database a new epoch, after restoring it from a copy.
+
+    Replicas that synced with the old epoch then pull everything again and push
+    their pending ops again, so none of them keeps a cursor past the restored
+    data. Restart running 'localsync serve' processes afterwards.
+
+    \b
+    Example:
+      localsync server new-epoch --db server.db
+    """
+    with admin_errors():
+        storage = _open_existing(db)
+        try:
+            old = storage.meta().epoch
+            epoch = storage.renew_epoch()
+        finally:
+            storage.close()
+    click.echo(json.dumps({"previousEpoch": old, "epoch": epoch}, indent=2))
 
 
 def register(group: click.Group) -> None:
