@@ -104,6 +104,9 @@ async def _json_body(request: Request) -> Any:
     try:
         body = json.loads(raw)
         _check_unicode(raw, body)
+        # JSON strings carry NUL only as this escape; the reason is at _check_no_nul.
+        if b"\\u0000" in raw and _has_nul(body):
+            raise BadRequest("400", _NUL_MESSAGE.format(where="the body"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest("400", f"Request body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -111,6 +114,38 @@ async def _json_body(request: Request) -> Any:
             "400", "Request body is nested too deeply to parse; nest fewer levels"
         ) from exc
     return body
+
+
+_NUL_MESSAGE = (
+    "Request contains a NUL character (\\u0000) in {where}; ids, names, "
+    "statuses and filters cannot hold one"
+)
+
+
+def _check_no_nul(request: Request) -> None:
+    """Raise 400 for a NUL character in the path or the query string.
+
+    PostgreSQL text cannot hold NUL, so both backends reject it the same way
+    rather than one of them failing with 500.
+    """
+    values = [*request.path_params.values(), *request.query_params.values()]
+    if any("\x00" in str(value) for value in values):
+        raise BadRequest("400", _NUL_MESSAGE.format(where="the URL"))
+
+
+def _has_nul(body: Any) -> bool:
+    """Return whether any key or string value in a parsed JSON body contains NUL."""
+    pending = [body]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return True
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _check_unicode(raw: bytes, body: Any) -> None:
@@ -145,6 +180,7 @@ def endpoint(
                 principal = verify_authorization(
                     state.secret, request.headers.get("authorization")
                 )
+            _check_no_nul(request)
             context = RequestContext(
                 storage=state.storage,
                 principal=principal,
