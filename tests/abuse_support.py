@@ -7,7 +7,6 @@ import hashlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 from tests.server_fixtures import synthetic_records
 
@@ -100,11 +99,3 @@ def assert_no_leak(text: str) -> None:
 
 def item_ids(count: int = ITEMS) -> list[str]:
     return [record["_id"] for record in synthetic_records(count, folder="/abuse")]
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[-1] if text.strip() else ""
-
-
-def jsonable(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))

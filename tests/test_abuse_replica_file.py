@@ -140,7 +140,7 @@ def plain_journal(path: Path, *, writable_schema: bool = False) -> list[tuple]:
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         if writable_schema:
-            # Lets SQLite open a file shorter than its header says.
+            # Lets SQLite open a file shorter than the page count in its header.
             connection.execute("PRAGMA writable_schema = ON")
         return connection.execute(
             "SELECT op_id, seq, state FROM journal ORDER BY rowid"
@@ -238,7 +238,7 @@ def test_missing_last_pages_give_clear_error(
         ["status", "set", "completed", "--all", "--task", TASK],
     ):
         check_clean_failure(path, args, UNOPENABLE)
-    # SQLite still reads the journal once told to trust the shorter file.
+    # With writable_schema on, SQLite opens the shorter file and reads the journal.
     assert plain_journal(path, writable_schema=True) == journal
     assert len(journal) == ops
 

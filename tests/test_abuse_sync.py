@@ -1,7 +1,9 @@
-"""Bad input to the sync endpoints: malformed push bodies and pull parameters,
-batches over the maximum, ops for items of another dataset, replayed ops with
-changed content, and a replica id bound to another user, over HTTP and through
-the CLI. Each is refused with the stated status and changes nothing."""
+"""Bad input to the sync endpoints, over HTTP and through the CLI.
+
+The cases: malformed push bodies and pull parameters, batches over the maximum,
+ops for items of another dataset, replayed ops with changed content, and a
+replica id bound to another user. Each is rejected with the stated status and
+changes nothing."""
 
 from __future__ import annotations
 
