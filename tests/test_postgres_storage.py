@@ -21,10 +21,13 @@ from localsync.server.postgres_storage import PostgresStorage
 from localsync.server.registers import SeqConflict
 from localsync.server.storage import NewTask, PushOp, open_storage
 from localsync.statuses import iso_timestamp
+from tests import pg_fixtures
 from tests.pg_fixtures import fresh_database, postgres_fingerprint
 from tests.server_fixtures import seed_dataset, synthetic_records
 
-pytest_plugins = ["tests.pg_fixtures"]
+# The module-scoped database and storage of tests/pg_fixtures.py.
+pg_database_url = pg_fixtures.pg_database_url
+pg_storage = pg_fixtures.pg_storage
 
 USER = "annotator@example.com"
 
