@@ -1,9 +1,11 @@
 """Pytest fixtures for tests that need a running localsync server.
 
 Use it as a plugin (``pytest_plugins = ["tests.server_fixtures"]``) or import the
-fixtures by name. Each test module gets one server on a free 127.0.0.1 port over a
-temporary SQLite database. ``server_storage`` opens the same database, for seeding it
-and for checking what requests changed.
+fixtures by name. Each test module runs once per storage backend: on a temporary
+SQLite database, and on a fresh PostgreSQL database (skipped when
+``LOCALSYNC_TEST_PG_URL`` is not set). It gets one server on a free 127.0.0.1 port;
+``server_storage`` opens the same database, for seeding it and for checking what
+requests changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +33,8 @@ import uvicorn
 from localsync.server.app import create_app
 from localsync.server.auth import issue_token
 from localsync.server.sqlite_storage import SQLiteStorage
+from localsync.server.storage import Storage
+from tests.pg_fixtures import fresh_database, postgres_fingerprint
 
 FIXTURE_PROJECT = "fixture-project"
 FIXTURE_USER = "annotator@example.com"
@@ -66,7 +71,7 @@ class RequestLog(logging.Handler):
 class LiveServer:
     """A uvicorn server running the localsync app in a background thread."""
 
-    storage: SQLiteStorage
+    storage: Storage
     url: str
     secret: str
     project: dict[str, Any]
@@ -84,7 +89,7 @@ class LiveServer:
 
 
 def start_server(
-    storage: SQLiteStorage, *, secret: str
+    storage: Storage, *, secret: str
 ) -> tuple[uvicorn.Server, threading.Thread, str]:
     """Start the app on a free 127.0.0.1 port; return once it accepts requests."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -113,8 +118,10 @@ def start_server(
     return server, thread, f"http://127.0.0.1:{port}"
 
 
-def database_fingerprint(storage: SQLiteStorage) -> tuple[Any, ...]:
+def database_fingerprint(storage: Storage) -> tuple[Any, ...]:
     """Return a value that changes when any item, register, history or feed row does."""
+    if not isinstance(storage, SQLiteStorage):
+        return postgres_fingerprint(storage)
     with sqlite3.connect(storage.db.path) as connection:
         digest = hashlib.sha256()
         for table in (
@@ -130,17 +137,41 @@ def database_fingerprint(storage: SQLiteStorage) -> tuple[Any, ...]:
     return max_seq, digest.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def server_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SQLiteStorage]:
+BACKENDS = ("sqlite", "postgres")
+
+
+@contextmanager
+def new_storage(backend: str, folder: Path) -> Iterator[Storage]:
+    """Open a fresh server database of ``backend``; close (and drop) it afterwards."""
+    if backend == "sqlite":
+        storage: Storage = SQLiteStorage(folder / "server.db")
+        try:
+            yield storage
+        finally:
+            storage.close()
+        return
+    from localsync.server.postgres_storage import PostgresStorage
+
+    with fresh_database() as url:
+        storage = PostgresStorage(url)
+        try:
+            yield storage
+        finally:
+            storage.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server_storage(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Storage]:
     """A fresh server database, with the project ``fixture-project`` in it."""
-    storage = SQLiteStorage(tmp_path_factory.mktemp("server") / "server.db")
-    storage.ensure_project(FIXTURE_PROJECT, creator="admin@localsync")
-    yield storage
-    storage.close()
+    with new_storage(request.param, tmp_path_factory.mktemp("server")) as storage:
+        storage.ensure_project(FIXTURE_PROJECT, creator="admin@localsync")
+        yield storage
 
 
 @pytest.fixture(scope="module")
-def live_server(server_storage: SQLiteStorage) -> Iterator[LiveServer]:
+def live_server(server_storage: Storage) -> Iterator[LiveServer]:
     """A running server over ``server_storage``; ``requests`` counts what it served."""
     secret = server_storage.meta().secret
     requests = RequestLog()
@@ -297,7 +328,7 @@ def synthetic_records(
 
 
 def seed_dataset(
-    storage: SQLiteStorage,
+    storage: Storage,
     records: list[dict[str, Any]],
     *,
     dataset: str,
