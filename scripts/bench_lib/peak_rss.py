@@ -3,10 +3,11 @@
     python peak_rss.py RESULT_JSON COMMAND [ARG...]
 
 Linux counts the memory of the process that forked a child into the child's
-``ru_maxrss`` (exec keeps the larger of the old and new high-water marks), so a
-command started straight from the benchmark process would report at least the
-benchmark's own size. Started from this small process instead, the figure is the
-command's own peak, or this process's size (about 10 MB) if that is larger.
+``ru_maxrss``, because exec keeps the larger of the old and new high-water marks.
+A command started straight from the benchmark process would therefore report at
+least the benchmark's own size. Started from this small process instead, the
+figure is the command's own peak, or this process's size (about 11 MB) if that is
+larger.
 """
 
 from __future__ import annotations
