@@ -151,7 +151,9 @@ class Suite:
             logger.info("building a replica of %s items in %s", f"{size:,}", data_dir)
             dataset = datasets.build_dataset(data_dir, size, self.source)
             self.rates.record("build", size, dataset.build_seconds)
-        self.results["datasets"].append({**dataset.to_json(), "cached": cached})
+        facts = {**dataset.to_json(), "cached": cached}
+        facts["folders"] = len(facts["folders"])
+        self.results["datasets"].append(facts)
         self.rates.record("copy", size, 1.0 + dataset.file_bytes / 200e6)
         return dataset
 
