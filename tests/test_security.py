@@ -1,9 +1,12 @@
 """Security of the server and the replica files.
 
+The server tests run on each storage backend of ``tests.server_fixtures``: SQLite,
+and PostgreSQL when ``LOCALSYNC_TEST_PG_URL`` is set.
+
 * SQL and JSON-path injection through filter field names and values, on the
-  replica, the SQLite server and (with ``LOCALSYNC_TEST_PG_URL``) PostgreSQL:
-  every query returns exactly what the Python evaluator of the query language
-  returns, or a 400 that shows no SQL, and changes nothing.
+  replica and on the server. Every query returns exactly what the Python
+  evaluator of the query language returns, or a 400 that shows no SQL, and
+  changes nothing. NUL characters, which PostgreSQL text cannot hold, get 400.
 * Tokens that are unsigned, badly signed, tampered with, expired or of the wrong
   shape get 401 on every route the app has; ``api_routes()`` is enumerated, so a
   new route without a case here fails the test.
@@ -52,8 +55,6 @@ from tests.server_fixtures import (
 )
 from tests.sync_support import cli_env, fast_retry, free_port, localsync_command
 
-pytest_plugins = ["tests.pg_fixtures"]
-
 tally = Tally("security")
 
 SECRET_PROJECT = "secret-project"
@@ -66,10 +67,10 @@ def write_report() -> Iterator[None]:
     tally.flush()
 
 
-def records(prefix: str = "a") -> list[dict[str, Any]]:
+def records() -> list[dict[str, Any]]:
     """Items whose user metadata has keys that look like SQL or JSON paths."""
     tricky_keys = ["a'b", 'x"y', "$", "a.b", "[0]", "*", "--", "a b"]
-    documents = synthetic_records(12, folder="/alpha", prefix=prefix)
+    documents = synthetic_records(12, folder="/alpha", prefix="a")
     for index, document in enumerate(documents):
         user = document["itemMetadata"]["user"]
         user["note"] = ["plain", "it's", 'say "hi"', "100%", "a_b", "*star"][index % 6]
@@ -241,7 +242,7 @@ def alpha_items(live_server: LiveServer, dataset_id: str) -> list[dict[str, Any]
     return page.items
 
 
-def test_injection_over_rest_sqlite(
+def test_injection_over_rest(
     client: httpx.Client, live_server: LiveServer, world: dict[str, Any]
 ) -> None:
     dataset_id = world["alpha"]["id"]
@@ -301,26 +302,6 @@ def replica_tables(replica: Replica) -> str:
     return digest.hexdigest()
 
 
-@pytest.mark.postgres
-def test_injection_on_postgres(pg_storage: Any) -> None:
-    from tests.pg_fixtures import postgres_fingerprint
-
-    dataset = seed_dataset(pg_storage, records(), dataset="alpha")
-    items = pg_storage.query_items(dataset["id"], {"pageSize": 1000}).items
-    before = postgres_fingerprint(pg_storage)
-
-    def run(body: dict[str, Any]) -> tuple[int, Any]:
-        try:
-            page = pg_storage.query_items(dataset["id"], body)
-        except InvalidQuery as exc:
-            return 400, exc.message
-        return 200, [item["id"] for item in page.items]
-
-    for body in injection_bodies():
-        check_query(body, items, run)
-    assert postgres_fingerprint(pg_storage) == before
-
-
 def nul_requests(ids: dict[str, str]) -> list[tuple[str, str, dict[str, Any]]]:
     """Requests with a NUL character in the path, the query string or the body."""
     dataset_id = ids["dataset_id"]
@@ -362,7 +343,7 @@ def check_nul_rejected(
     assert fingerprint() == before
 
 
-def test_nul_characters_are_400_on_sqlite(
+def test_nul_characters_are_400(
     live_server: LiveServer, world: dict[str, Any], token_factory
 ) -> None:
     check_nul_rejected(
@@ -371,30 +352,6 @@ def test_nul_characters_are_400_on_sqlite(
         own_ids(live_server, world),
         lambda: database_fingerprint(live_server.storage),
     )
-
-
-@pytest.mark.postgres
-def test_nul_characters_are_400_on_postgres(pg_storage: Any) -> None:
-    """PostgreSQL text cannot hold NUL: the server returns 400, not 500."""
-    from tests.pg_fixtures import postgres_fingerprint
-    from tests.server_fixtures import start_server
-
-    dataset = seed_dataset(pg_storage, records(prefix="c"), dataset="nul-check")
-    project_id = dataset["projects"][0]
-    task = pg_storage.create_task(
-        NewTask(project_id=project_id, dataset_id=dataset["id"], name="nul-task")
-    )
-    secret = pg_storage.meta().secret
-    server, thread, url = start_server(pg_storage, secret=secret)
-    try:
-        ids = {"dataset_id": dataset["id"], "task_id": task["id"]}
-        token = issue_token(secret, email=FIXTURE_USER, project_ids=[project_id])
-        check_nul_rejected(
-            f"{url}/api/v1", token, ids, lambda: postgres_fingerprint(pg_storage)
-        )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # Tokens on every route
