@@ -122,7 +122,11 @@ def test_status_from_other_process_reaches_server(
     requests = len(proxy.requests)
     time.sleep(3)
     assert len(proxy.requests) == requests
-    assert watcher.output().count("(push)") == 3 + 1
+    # One push per write, plus the startup round; under load a write that lands
+    # while the previous push is still being recorded rides along with it.
+    pushes = watcher.output().count("(push)")
+    assert pushes <= 3 + 1, watcher.output()
+    assert pushes >= 2 + 1, watcher.output()
 
 
 def test_burst_of_writes_is_pushed_together(
