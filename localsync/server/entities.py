@@ -20,6 +20,13 @@ LINK_FIELDS = ("url", "stream", "thumbnail", "annotations", "dataset")
 # The platform's default item filter: files that are not hidden.
 DEFAULT_ITEM_FILTER: JSON = {"$and": [{"hidden": False}, {"type": "file"}]}
 
+# Fields a status call owns; a PATCH never changes them.
+REGISTER_FIELDS = (
+    ("metadata", "system", "refs"),
+    ("metadata", "system", "annotationStatus"),
+)
+IDENTITY_FIELDS = (("id",), ("datasetId",))
+
 
 def new_id() -> str:
     """Return a random 24-hex id, shaped like the platform's ObjectIds."""
@@ -170,3 +177,30 @@ def keep_fields(target: JSON, source: JSON, paths: Sequence[tuple[str, ...]]) ->
             target_parent[leaf] = copy.deepcopy(source_parent[leaf])
         else:
             target_parent.pop(leaf, None)
+
+
+def task_filter(request: NewTask) -> JSON:
+    """Return the filter that selects a new task's items.
+
+    A QA task takes the items whose parent-task ref has a status, with the
+    ``$match`` condition ``dtlpy``'s ``create_qa_task`` adds.
+    """
+    query = (
+        copy.deepcopy(request.query)
+        if request.query
+        else copy.deepcopy(DEFAULT_ITEM_FILTER)
+    )
+    if request.parent_task_id is None:
+        return query
+    parent_condition = {
+        "metadata.system.refs": {
+            "$match": {
+                "id": request.parent_task_id,
+                "type": "task",
+                "metadata": {"status": {"$exists": True}},
+            }
+        }
+    }
+    if set(query) == {"$and"} and isinstance(query["$and"], list):
+        return {"$and": [*query["$and"], parent_condition]}
+    return {"$and": [query, parent_condition]}

@@ -22,7 +22,9 @@ from localsync.errors import BadRequest, NotFound
 from localsync.exports import ExportedItem
 from localsync.server import postgres_registers
 from localsync.server.entities import (
+    IDENTITY_FIELDS,
     LINK_FIELDS,
+    REGISTER_FIELDS,
     assignment_json,
     dataset_json,
     deal_round_robin,
@@ -30,6 +32,7 @@ from localsync.server.entities import (
     merge_patch,
     new_id,
     project_json,
+    task_filter,
     task_json,
 )
 from localsync.server.postgres_database import (
@@ -52,11 +55,6 @@ from localsync.server.postgres_rows import (
 
 # The rules for which fields a PATCH and an import keep, and the filter of a new
 # task, are the SQLite backend's, so both backends store the same JSON.
-from localsync.server.sqlite_storage import (
-    IDENTITY_FIELDS,
-    REGISTER_FIELDS,
-    _task_filter,
-)
 from localsync.server.storage import (
     JSON,
     ImportCounts,
@@ -386,7 +384,7 @@ class PostgresStorage(Storage):
 
         def work(transaction: Transaction) -> tuple[JSON, int]:
             self._check_new_task(transaction, request)
-            query = _task_filter(request)
+            query = task_filter(request)
             item_ids = self._matching_item_ids(
                 transaction.connection, request.dataset_id, query
             )

@@ -17,8 +17,9 @@ from localsync.errors import BadRequest, NotFound
 from localsync.exports import ExportedItem
 from localsync.server import sqlite_registers
 from localsync.server.entities import (
-    DEFAULT_ITEM_FILTER,
+    IDENTITY_FIELDS,
     LINK_FIELDS,
+    REGISTER_FIELDS,
     assignment_json,
     dataset_json,
     deal_round_robin,
@@ -26,6 +27,7 @@ from localsync.server.entities import (
     merge_patch,
     new_id,
     project_json,
+    task_filter,
     task_json,
 )
 from localsync.server.sqlite_database import SQLiteDatabase
@@ -58,13 +60,6 @@ logger = logging.getLogger(__name__)
 # Items written per transaction during an import, which bounds how long one
 # import transaction holds the write lock.
 IMPORT_BATCH = 500
-
-# Fields a status call owns; a PATCH never changes them.
-REGISTER_FIELDS = (
-    ("metadata", "system", "refs"),
-    ("metadata", "system", "annotationStatus"),
-)
-IDENTITY_FIELDS = (("id",), ("datasetId",))
 
 
 def _batches(
@@ -339,7 +334,7 @@ class SQLiteStorage(Storage):
         now = iso_timestamp()
         with self.db.write() as connection:
             self._check_new_task(connection, request)
-            query = _task_filter(request)
+            query = task_filter(request)
             item_ids = self._matching_item_ids(connection, request.dataset_id, query)
 
             task_id = new_id()
@@ -545,33 +540,6 @@ class SQLiteStorage(Storage):
 
     def pull(self, dataset_id: str, *, cursor: int, limit: int) -> PullPage:
         return sqlite_registers.pull(self.db, dataset_id, cursor=cursor, limit=limit)
-
-
-def _task_filter(request: NewTask) -> JSON:
-    """Return the filter that selects a new task's items.
-
-    A QA task takes the items whose parent-task ref has a status, with the
-    ``$match`` condition ``dtlpy``'s ``create_qa_task`` adds.
-    """
-    query = (
-        copy.deepcopy(request.query)
-        if request.query
-        else copy.deepcopy(DEFAULT_ITEM_FILTER)
-    )
-    if request.parent_task_id is None:
-        return query
-    parent_condition = {
-        "metadata.system.refs": {
-            "$match": {
-                "id": request.parent_task_id,
-                "type": "task",
-                "metadata": {"status": {"$exists": True}},
-            }
-        }
-    }
-    if set(query) == {"$and"} and isinstance(query["$and"], list):
-        return {"$and": [*query["$and"], parent_condition]}
-    return {"$and": [query, parent_condition]}
 
 
 def load_all_json_at(
