@@ -27,7 +27,7 @@ UPSERT_ITEM_SQL = (
 
 
 def project(value: Any, kind: str) -> str | int | None:
-    """Return a JSON value as its column holds it: NULL unless of the column's kind."""
+    """Return a JSON value as its column stores it: NULL unless of the column's kind."""
     if kind == "bool":
         return int(value) if isinstance(value, bool) else None
     return value if isinstance(value, str) else None

@@ -182,7 +182,11 @@ def create_task(
     """
     dataset = replica.dataset()
     if dataset is None:
-        raise BadRequest("400", f"Replica {str(replica.path)!r} holds no dataset yet")
+        raise BadRequest(
+            "400",
+            f"Replica {str(replica.path)!r} contains no dataset yet; "
+            "import exports or clone first",
+        )
     if any(task.get("name") == name for task in replica.tasks()):
         raise BadRequest("400", f"A task named {name!r} already exists in this dataset")
     parent_id = None

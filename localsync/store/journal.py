@@ -1,8 +1,8 @@
 """The journal: appending status ops and applying them to the local view.
 
 One call of :func:`append_status_ops` journals one op per target item and rewrites
-those items' refs in a single transaction, with the JSON edits done by SQLite itself,
-so 100,000 items cost one transaction and no Python JSON round trip per item.
+those items' refs in a single transaction. SQLite does the JSON edits itself, so
+100,000 items cost one transaction and no Python JSON round trip per item.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ OP_STATES = ("pending", "applied", "superseded", "rejected", "dropped")
 
 # Per target: whether the item exists, and the task ref's status wrapped in a
 # one-element JSON array (NULL when the item has no ref of the task), so a single
-# pass over the refs tells "no ref" from "ref without a status".
+# pass over the refs separates "no ref" from "ref without a status".
 _REF_STATUS_SQL = """
 SELECT t.item_id,
        i.id IS NOT NULL,
@@ -72,7 +72,7 @@ UPDATE items SET json = json_set(
 
 @dataclass
 class StatusResult:
-    """What one status call did: items changed, re-asserted and skipped, with op ids.
+    """The outcome of one status call: items changed, re-asserted, skipped, op ids.
 
     ``re-asserted`` items already had the status; they still get an op, because a
     re-assertion is a newer write for last-write-wins. ``skipped`` maps an item id

@@ -93,7 +93,7 @@ class Replica:
             )
 
     def put_dataset(self, dataset: dict[str, Any], *, project_id: str) -> None:
-        """Store the replica's dataset; a replica holds one dataset only."""
+        """Store the replica's dataset. A replica contains one dataset only."""
         with self.transaction():
             current = self.dataset_id
             if current is not None and current != dataset["id"]:
