@@ -21,6 +21,7 @@ from typing import Any
 
 import uvicorn
 
+from localsync.hlc import Timestamp
 from localsync.server.app import create_app
 from localsync.server.auth import issue_token
 from localsync.server.sqlite_storage import SQLiteStorage
@@ -226,6 +227,21 @@ def set_statuses(
 ) -> list[str]:
     result = replica.set_status(item_ids, task_id=task_id, status=status, creator=USER)
     return result.op_ids
+
+
+def wait_past_clock(replica: Replica) -> None:
+    """Sleep until the wall clock is past the replica's last HLC.
+
+    A replica's clock never runs backwards, so a negative ``clock_offset_ms`` set
+    right after a clone still stamps ops at the clone's millisecond. A server write
+    made in that same millisecond would lose the tie; waiting makes it newer.
+    """
+    last = replica.setting("last_hlc")
+    if last is None:
+        return
+    wall_ms = Timestamp.parse(last).wall_ms
+    while time.time_ns() // 1_000_000 <= wall_ms:
+        time.sleep(0.002)
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from tests.sync_support import (
     run_cli,
     set_statuses,
     size,
+    wait_past_clock,
 )
 
 ITEMS = 60
@@ -166,6 +167,7 @@ def test_older_pending_op_loses_with_conflict_row(world: World) -> None:
     task_id, item_id = world.task["id"], world.item_ids[1]
     replica.set_setting("clock_offset_ms", -60_000)
     op_id = set_statuses(replica, task_id, [item_id], "completed")[0]
+    wait_past_clock(replica)
     world.rest_set_status([item_id], "discard", user="online@example.com")
 
     with open_remote(replica, retry=fast_retry()) as remote:

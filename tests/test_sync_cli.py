@@ -32,6 +32,7 @@ from tests.sync_support import (
     make_world,
     run_cli,
     set_statuses,
+    wait_past_clock,
 )
 
 
@@ -377,6 +378,7 @@ def test_dry_run_lists_winners_and_losers(world: World, store: Path) -> None:
         replica.set_setting("clock_offset_ms", -60_000)
         set_statuses(replica, task_id, [loser], "discard")
         # A newer online write, which the replica learns of by a pull alone.
+        wait_past_clock(replica)
         world.rest_set_status([loser], "approved")
         with open_remote(replica) as remote:
             SyncEngine(replica, remote).pull()
@@ -485,6 +487,7 @@ def test_one_conflict_in_singular(world: World, store: Path) -> None:
         # Stamp the op in the past, so the online write below is surely newer.
         replica.set_setting("clock_offset_ms", -60_000)
         set_statuses(replica, world.task["id"], [loser], "discard")
+        wait_past_clock(replica)
     world.rest_set_status([loser], "approved")
 
     synced = invoke("sync", "--store", str(store))

@@ -29,6 +29,7 @@ from tests.sync_support import (
     make_world,
     replica_statuses,
     set_statuses,
+    wait_past_clock,
 )
 
 ONLINE_USER = "online@example.com"
@@ -91,6 +92,7 @@ def test_later_online_write_wins(
     task_id, item_id = world.task["id"], world.item_ids[0]
     replica.set_setting("clock_offset_ms", -10_000)  # A writes at t=10 s
     op_id = set_statuses(replica, task_id, [item_id], "completed")[0]
+    wait_past_clock(replica)
     online_status(dl, item_id, dl.ItemStatus.DISCARDED, task_id)  # dtlpy at t=20 s
 
     report = sync(replica)  # A pushes at t=30 s
@@ -166,6 +168,7 @@ def test_retry_reasserts_superseded_op(world: World, replica: Replica) -> None:
     task_id, item_id = world.task["id"], world.item_ids[3]
     replica.set_setting("clock_offset_ms", -60_000)
     op_id = set_statuses(replica, task_id, [item_id], "completed")[0]
+    wait_past_clock(replica)
     world.rest_set_status([item_id], "discard")
     sync(replica)
     replica.set_setting("clock_offset_ms", 0)
