@@ -6,6 +6,7 @@ tasks; this module decides what a new task looks like, and they store it.
 
 from __future__ import annotations
 
+import copy
 import json
 import secrets
 from collections.abc import Sequence
@@ -21,21 +22,28 @@ DEFAULT_TASK_FILTER: dict[str, Any] = {"$and": [{"hidden": False}, {"type": "fil
 
 def qa_filter(parent_task_id: str) -> dict[str, Any]:
     """Return the filter of a QA task: files with a status in the parent task."""
-    return {
-        "$and": [
-            {"hidden": False},
-            {"type": "file"},
-            {
-                "metadata.system.refs": {
-                    "$match": {
-                        "id": parent_task_id,
-                        "type": "task",
-                        "metadata": {"status": {"$exists": True}},
-                    }
-                }
-            },
-        ]
+    return with_parent_status(DEFAULT_TASK_FILTER, parent_task_id)
+
+
+def with_parent_status(query: dict[str, Any], parent_task_id: str) -> dict[str, Any]:
+    """Return ``query`` narrowed to items whose parent-task ref has a status.
+
+    This is the ``$match`` condition ``dtlpy``'s ``create_qa_task`` adds; a query
+    that is already an ``$and`` list gets it as one more term.
+    """
+    query = copy.deepcopy(query)
+    condition = {
+        "metadata.system.refs": {
+            "$match": {
+                "id": parent_task_id,
+                "type": "task",
+                "metadata": {"status": {"$exists": True}},
+            }
+        }
     }
+    if set(query) == {"$and"} and isinstance(query["$and"], list):
+        return {"$and": [*query["$and"], condition]}
+    return {"$and": [query, condition]}
 
 
 @dataclass

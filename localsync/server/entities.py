@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from localsync.server.storage import JSON, NewTask
+from localsync.tasks import DEFAULT_TASK_FILTER, with_parent_status
 
 # Item fields that hold URLs of the server that sent them.
 LINK_FIELDS = ("url", "stream", "thumbnail", "annotations", "dataset")
-
-# The platform's default item filter: files that are not hidden.
-DEFAULT_ITEM_FILTER: JSON = {"$and": [{"hidden": False}, {"type": "file"}]}
 
 # Fields a status call owns; a PATCH never changes them.
 REGISTER_FIELDS = (
@@ -182,25 +180,9 @@ def keep_fields(target: JSON, source: JSON, paths: Sequence[tuple[str, ...]]) ->
 def task_filter(request: NewTask) -> JSON:
     """Return the filter that selects a new task's items.
 
-    A QA task takes the items whose parent-task ref has a status, with the
-    ``$match`` condition ``dtlpy``'s ``create_qa_task`` adds.
+    A QA task takes the items whose parent-task ref has a status.
     """
-    query = (
-        copy.deepcopy(request.query)
-        if request.query
-        else copy.deepcopy(DEFAULT_ITEM_FILTER)
-    )
+    query = request.query or DEFAULT_TASK_FILTER
     if request.parent_task_id is None:
-        return query
-    parent_condition = {
-        "metadata.system.refs": {
-            "$match": {
-                "id": request.parent_task_id,
-                "type": "task",
-                "metadata": {"status": {"$exists": True}},
-            }
-        }
-    }
-    if set(query) == {"$and"} and isinstance(query["$and"], list):
-        return {"$and": [*query["$and"], parent_condition]}
-    return {"$and": [query, parent_condition]}
+        return copy.deepcopy(query)
+    return with_parent_status(query, request.parent_task_id)
