@@ -67,6 +67,8 @@ class ServerRunner:
         self.db_path = db_path
         self.storage = SQLiteStorage(db_path)
         self.port = free_port()
+        # App options for the next start(), such as max_body_mb.
+        self.app_options: dict[str, Any] = {}
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -83,7 +85,9 @@ class ServerRunner:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
         config = uvicorn.Config(
-            create_app(self.storage, secret=self.storage.meta().secret),
+            create_app(
+                self.storage, secret=self.storage.meta().secret, **self.app_options
+            ),
             log_level="warning",
             access_log=False,
             lifespan="on",

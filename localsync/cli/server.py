@@ -20,6 +20,7 @@ import click
 
 from localsync.cli.replica import parse_filter_json
 from localsync.errors import ExceptionMain, LocalsyncError
+from localsync.server.limits import DEFAULT_MAX_BODY_MB, MAX_BODY_ENV
 
 DB_ENV = "LOCALSYNC_DB"
 DB_HELP_CREATE = (
@@ -147,6 +148,13 @@ def _uvicorn_log_config() -> dict[str, Any]:
     help="Number of uvicorn worker processes. SQLite takes one write at a time, so "
     "more than 1 speeds up pushes only with a postgresql:// database.",
 )
+@click.option(
+    "--max-body-mb",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BODY_MB,
+    show_default=True,
+    help="Largest request body accepted, in MiB; larger ones get HTTP 413.",
+)
 def serve(
     db: str,
     host: str,
@@ -154,6 +162,7 @@ def serve(
     ssl_certfile: str | None,
     ssl_keyfile: str | None,
     workers: int,
+    max_body_mb: int,
 ) -> None:
     """Serve the Dataloop REST subset and the sync protocol over a database.
 
@@ -174,6 +183,7 @@ def serve(
         _open(db).close()
 
     os.environ[DB_ENV] = db
+    os.environ[MAX_BODY_ENV] = str(max_body_mb)
     try:
         uvicorn.run(
             "localsync.server.app:app_from_env",

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from localsync import __version__
 from localsync.errors import BadRequest, ExceptionMain, NotFound
 from localsync.server.auth import Principal, verify_authorization
+from localsync.server.limits import DEFAULT_MAX_BODY_MB, MAX_BODY_ENV
 from localsync.server.storage import Storage, open_storage
 
 logger = logging.getLogger(__name__)
@@ -95,10 +96,36 @@ def error_response(exc: ExceptionMain) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-async def _json_body(request: Request) -> Any:
+class BodyTooLarge(ExceptionMain):
+    """A request body over the server's size limit (HTTP 413)."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(
+            "413",
+            f"Request body is larger than the server's limit of "
+            f"{limit_bytes // (1024 * 1024)} MiB; send fewer items per request, or "
+            "start the server with a larger --max-body-mb",
+        )
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    """Return the body, raising ``BodyTooLarge`` before reading past the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit_bytes:
+            raise BodyTooLarge(limit_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, limit_bytes: int) -> Any:
     if request.method not in ("POST", "PATCH", "PUT"):
         return None
-    raw = await request.body()
+    raw = await _read_body(request, limit_bytes)
     if not raw.strip():
         return None
     try:
@@ -186,7 +213,7 @@ def endpoint(
                 principal=principal,
                 path=dict(request.path_params),
                 query=request.query_params,
-                body=await _json_body(request),
+                body=await _json_body(request, state.max_body_bytes),
                 base_url=str(request.base_url),
                 dataset_projects=state.dataset_projects,
             )
@@ -264,12 +291,19 @@ def api_routes() -> list[Route]:
 
 
 def create_app(
-    storage: Storage, *, secret: str, close_storage: bool = False
+    storage: Storage,
+    *,
+    secret: str,
+    close_storage: bool = False,
+    max_body_mb: int = DEFAULT_MAX_BODY_MB,
 ) -> Starlette:
     """Return the ASGI app serving ``storage``; tokens are checked against ``secret``.
 
-    With ``close_storage`` the app closes the storage when it shuts down.
+    With ``close_storage`` the app closes the storage when it shuts down. A request
+    body over ``max_body_mb`` MiB gets 413 without being read to the end.
     """
+    if max_body_mb < 1:
+        raise ValueError(f"max_body_mb must be at least 1, not {max_body_mb!r}")
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -295,18 +329,32 @@ def create_app(
     )
     app.state.storage = storage
     app.state.secret = secret
+    app.state.max_body_bytes = max_body_mb * 1024 * 1024
     app.state.dataset_projects = {}
     return app
 
 
 def app_from_env() -> Starlette:
-    """Build the app from ``LOCALSYNC_DB`` (and ``LOCALSYNC_SECRET``), for uvicorn."""
+    """Build the app from environment variables, for uvicorn's workers.
+
+    ``LOCALSYNC_DB`` names the database; ``LOCALSYNC_SECRET`` and
+    ``LOCALSYNC_MAX_BODY_MB`` are optional. ``localsync serve`` sets them.
+    """
     url = os.environ.get("LOCALSYNC_DB")
     if not url:
         raise RuntimeError(
             "LOCALSYNC_DB is not set; set it to the server database path, or run "
             "'localsync serve --db PATH'"
         )
+    raw_limit = os.environ.get(MAX_BODY_ENV) or str(DEFAULT_MAX_BODY_MB)
+    if not raw_limit.isdigit() or int(raw_limit) < 1:
+        raise RuntimeError(
+            f"{MAX_BODY_ENV}={raw_limit!r} is not a whole number of MiB of at least 1; "
+            f"unset it for the default of {DEFAULT_MAX_BODY_MB}"
+        )
+    max_body_mb = int(raw_limit)
     storage = open_storage(url)
     secret = os.environ.get("LOCALSYNC_SECRET") or storage.meta().secret
-    return create_app(storage, secret=secret, close_storage=True)
+    return create_app(
+        storage, secret=secret, close_storage=True, max_body_mb=max_body_mb
+    )
