@@ -3,21 +3,29 @@
 A transaction that writes registers first locks the items involved (in id order)
 and loads their registers, so concurrent writers of one register take turns and
 each compares its HLC with the value the previous one committed. The writes are
-then decided in memory, last-write-wins by HLC, and written with one statement per
-table.
+then decided in memory by :class:`~localsync.server.batches.RegisterBatch`,
+last-write-wins by HLC, and written with one statement per table.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from localsync.errors import BadRequest, Forbidden, NotFound
+from localsync.errors import Forbidden, NotFound
 from localsync.hlc import Clock, Timestamp
+from localsync.server import batches
+from localsync.server.batches import (
+    HISTORY_COLUMNS,
+    REGISTER_FIELDS_DOCUMENT,
+    NewPushedOp,
+    StoredOp,
+    check_task_status,
+    decide_push,
+    decide_statuses,
+)
 from localsync.server.postgres_database import (
     PostgresDatabase,
     RetryTransaction,
@@ -28,60 +36,28 @@ from localsync.server.postgres_rows import (
     Connection,
     load_json,
     load_many,
-    lock_items,
-    save_items,
+    lock_register_views,
+    note_array_paths,
+    save_register_fields,
     tombstoned,
 )
 from localsync.server.registers import (
-    SeqConflict,
-    hlc_time,
-    is_newer,
-    op_content_hash,
-    register_change_data,
-    register_key,
-    stamp_incoming,
-    unknown_item_reason,
-    winner_json,
+    FeedRow,
+    RegisterKey,
+    change_json,
+    document_ids,
+    pull_scan_limit,
+    register_json,
+    select_page,
+    split_register_key,
 )
+from localsync.server.registers import RegisterWrite as RegisterWrite
 from localsync.server.storage import JSON, PullPage, PushOp, PushOutcome, StatusResult
-from localsync.statuses import check_status, has_ref, set_register
-
-RegisterKey = tuple[str, str]
 
 _REGISTER_COLUMNS = (
     "item_id, task_id, dataset_id, status, hlc, creator, timestamp, source, replica_id"
 )
-_HISTORY_COLUMNS = (
-    "item_id, task_id, dataset_id, status, hlc, creator, timestamp, source, "
-    "user_email, replica_id, op_id, outcome, reason, restamped, recorded_at"
-)
-
-
-@dataclass(frozen=True)
-class RegisterWrite:
-    """One write of a register, before last-write-wins decides its outcome."""
-
-    status: str | None
-    hlc: str
-    creator: str | None
-    source: str
-    user_email: str
-    replica_id: str | None = None
-    op_id: str | None = None
-    restamped: bool = False
-
-
-def _register_json(row: dict[str, Any]) -> JSON:
-    return {
-        "itemId": row["item_id"],
-        "taskId": row["task_id"],
-        "status": row["status"],
-        "hlc": row["hlc"],
-        "creator": row["creator"],
-        "timestamp": row["timestamp"],
-        "source": row["source"],
-        "replicaId": row["replica_id"],
-    }
+_HISTORY_COLUMNS = ", ".join(HISTORY_COLUMNS)
 
 
 def load_registers(
@@ -96,18 +72,19 @@ def load_registers(
         "(SELECT * FROM unnest(%s::text[], %s::text[]))",
         ([pair[0] for pair in pairs], [pair[1] for pair in pairs]),
     )
-    return {(row["item_id"], row["task_id"]): _register_json(row) for row in rows}
+    return {(row["item_id"], row["task_id"]): register_json(row) for row in rows}
 
 
 def load_register(connection: Connection, item_id: str, task_id: str) -> JSON | None:
     return load_registers(connection, [(item_id, task_id)]).get((item_id, task_id))
 
 
-class RegisterBatch:
-    """The register writes of one transaction, decided in memory, written at once.
+class RegisterBatch(batches.RegisterBatch):
+    """A register batch of one write transaction, written by :meth:`flush`.
 
     Creating a batch locks the items it names, so the registers it loads stay
-    current until the transaction ends.
+    current until the transaction ends. Callers set ``tasks`` and
+    ``deleted_items`` when the writes need them.
     """
 
     def __init__(
@@ -117,119 +94,25 @@ class RegisterBatch:
         item_ids: Iterable[str],
         register_keys: Iterable[RegisterKey],
     ) -> None:
+        super().__init__(
+            items=lock_register_views(transaction, item_ids),
+            tasks={},
+            registers=load_registers(transaction.connection, register_keys),
+        )
         self.transaction = transaction
         self.db = db
-        self.items = lock_items(transaction, item_ids)
-        self.registers = load_registers(transaction.connection, register_keys)
-        self._changed_items: dict[str, JSON] = {}
-        self._changed_registers: dict[RegisterKey, tuple[str, JSON]] = {}
-        self._history: list[JSON] = []
-
-    def current(self, item_id: str, task_id: str) -> JSON | None:
-        return self.registers.get((item_id, task_id))
-
-    def merge_current(self, clock: Clock, item_id: str, task_id: str) -> None:
-        """Let ``clock`` receive the register's HLC, so its next send sorts later.
-
-        Another process may have written the register with a clock ahead of this
-        one's. Merging its HLC keeps a server write from losing to the value it
-        replaces.
-        """
-        current = self.current(item_id, task_id)
-        if current is not None:
-            clock.receive(Timestamp.parse(current["hlc"]))
-
-    def write(
-        self, item: JSON, task: JSON, write: RegisterWrite
-    ) -> tuple[str, JSON | None]:
-        """Apply a write when it is newer than the register; return outcome, winner."""
-        key = (item["id"], task["id"])
-        current = self.registers.get(key)
-        if not is_newer(write.hlc, current["hlc"] if current else None):
-            self.record(item["id"], task["id"], task["datasetId"], write, "superseded")
-            return "superseded", current
-
-        timestamp = hlc_time(write.hlc)
-        register = {
-            "itemId": item["id"],
-            "taskId": task["id"],
-            "status": write.status,
-            "hlc": write.hlc,
-            "creator": write.creator,
-            "timestamp": timestamp,
-            "source": write.source,
-            "replicaId": write.replica_id,
-        }
-        self.registers[key] = register
-        self._changed_registers[key] = (task["datasetId"], register)
-        set_register(
-            item,
-            task_id=task["id"],
-            assignment_ids=task.get("assignmentIds") or [],
-            status=write.status,
-            creator=write.creator,
-            timestamp=timestamp,
-        )
-        self._changed_items[item["id"]] = item
-        self.transaction.touch(
-            task["datasetId"], "register", register_key(item["id"], task["id"])
-        )
-        self.record(item["id"], task["id"], task["datasetId"], write, "applied")
-        return "applied", register
-
-    def record(
-        self,
-        item_id: str,
-        task_id: str,
-        dataset_id: str | None,
-        write: RegisterWrite,
-        outcome: str,
-        reason: str | None = None,
-    ) -> None:
-        """Queue a register history row."""
-        self._history.append(
-            {
-                "item_id": item_id,
-                "task_id": task_id,
-                "dataset_id": dataset_id,
-                "status": write.status,
-                "hlc": write.hlc,
-                "creator": write.creator,
-                "timestamp": hlc_time(write.hlc),
-                "source": write.source,
-                "user_email": write.user_email,
-                "replica_id": write.replica_id,
-                "op_id": write.op_id,
-                "outcome": outcome,
-                "reason": reason,
-                "restamped": write.restamped,
-                "recorded_at": time.time_ns() // 1_000_000,
-            }
-        )
 
     def flush(self) -> None:
-        """Write the changed registers and items and the queued history rows.
+        """Write the queued registers, items, feed moves and history rows.
 
         Rows travel as one JSON array each, which psycopg sends without the
-        per-element escaping that array parameters take.
+        per-element escaping that array parameters take. A register write
+        changes only the item's refs and annotationStatus, so only those fields
+        are written, and the catalog gets their array paths instead of each
+        item's paths.
         """
-        if self._changed_registers:
-            rows = [
-                {
-                    "item_id": key[0],
-                    "task_id": key[1],
-                    "dataset_id": dataset_id,
-                    "status": register["status"],
-                    "hlc": register["hlc"],
-                    "creator": register["creator"],
-                    "timestamp": register["timestamp"],
-                    "source": register["source"],
-                    "replica_id": register["replicaId"],
-                }
-                for key, (dataset_id, register) in sorted(
-                    self._changed_registers.items()
-                )
-            ]
+        register_rows = self.changed_register_rows()
+        if register_rows:
             self.transaction.execute(
                 f"INSERT INTO registers ({_REGISTER_COLUMNS}) "
                 f"SELECT {_REGISTER_COLUMNS} "
@@ -238,21 +121,25 @@ class RegisterBatch:
                 "status = excluded.status, hlc = excluded.hlc, "
                 "creator = excluded.creator, timestamp = excluded.timestamp, "
                 "source = excluded.source, replica_id = excluded.replica_id",
-                (Jsonb(rows),),
+                (Jsonb(register_rows),),
             )
-        save_items(self.transaction, self.db, self._changed_items.values())
-        if self._history:
+        for dataset_id in sorted(self.changed_datasets()):
+            note_array_paths(
+                self.transaction, self.db, dataset_id, "item", REGISTER_FIELDS_DOCUMENT
+            )
+        save_register_fields(self.transaction, self.changed_items.values())
+        for dataset_id, entity_id in self.feed:
+            self.transaction.touch(dataset_id, "register", entity_id)
+        if self.history:
             self.transaction.execute(
                 f"INSERT INTO register_history ({_HISTORY_COLUMNS}) "
                 f"SELECT {_HISTORY_COLUMNS} FROM jsonb_array_elements(%s) "
                 "WITH ORDINALITY AS rows (document, position) CROSS JOIN LATERAL "
                 "jsonb_populate_record(NULL::register_history, rows.document) "
                 "ORDER BY rows.position",
-                (Jsonb(self._history),),
+                (Jsonb(self.history),),
             )
-        self._changed_registers.clear()
-        self._changed_items.clear()
-        self._history.clear()
+        self.clear_queue()
 
 
 def register_history(db: PostgresDatabase, item_id: str, task_id: str) -> list[JSON]:
@@ -300,64 +187,28 @@ def set_statuses(
         task = load_json(transaction.connection, "task", task_id)
         if task is None:
             raise NotFound("404", f"Task {task_id!r} not found")
-        checked = check_status(task, status) if status is not None else None
+        checked = check_task_status(task, status)
         batch = RegisterBatch(
             transaction, db, ids, [(item_id, task_id) for item_id in ids]
         )
+        batch.tasks = {task_id: task}
 
         def stamp_and_write(clock: Clock) -> list[StatusResult]:
-            results = []
-            for item_id in ids:
-                item = _item_in_task(
-                    batch.items.get(item_id), item_id, task, assignment_id
-                )
-                if item is None:
-                    continue
-                last = batch.current(item_id, task_id)
-                batch.merge_current(clock, item_id, task_id)
-                write = RegisterWrite(
-                    checked, str(clock.send()), user_email, "rest", user_email
-                )
-                outcome, winner = batch.write(item, task, write)
-                results.append(
-                    StatusResult(
-                        item_id=item_id,
-                        status=winner["status"] if winner else None,
-                        last_status=last["status"] if last else None,
-                        hlc=write.hlc,
-                        outcome=outcome,
-                    )
-                )
-            return results
+            return decide_statuses(
+                batch,
+                clock,
+                task,
+                ids,
+                checked,
+                user_email=user_email,
+                assignment_id=assignment_id,
+            )
 
         results = db.with_clock(stamp_and_write)
         batch.flush()
         return results
 
     return db.write(work)
-
-
-def _item_in_task(
-    item: JSON | None, item_id: str, task: JSON, assignment_id: str | None
-) -> JSON | None:
-    """Return the item when it is in the task (and assignment), else ``None``.
-
-    Through an assignment the caller named one item, so a miss raises ``NotFound``.
-    """
-    in_task = (
-        item is not None
-        and item.get("datasetId") == task["datasetId"]
-        and has_ref(item, task["id"])
-    )
-    if assignment_id is None:
-        return item if in_task else None
-    if item is None:
-        raise NotFound("404", f"Item {item_id!r} not found")
-    if not in_task or not has_ref(item, assignment_id):
-        raise NotFound(
-            "404", f"Item {item_id!r} is not in assignment {assignment_id!r}"
-        )
-    return item
 
 
 # Push.
@@ -381,12 +232,6 @@ def bind_replica(transaction: Transaction, replica_id: str, user_email: str) -> 
         )
 
 
-@dataclass(frozen=True)
-class _StoredOp:
-    content_hash: str
-    result: JSON
-
-
 def push(
     db: PostgresDatabase,
     *,
@@ -407,30 +252,21 @@ def push(
         )
         stored = _stored_ops(transaction, replica_id, [op.seq for op in ops])
         fresh = [op for op in ops if op.seq not in stored]
-        tasks = load_many(transaction.connection, "task", [op.task_id for op in fresh])
+        connection = transaction.connection
+        batch.tasks = load_many(connection, "task", [op.task_id for op in fresh])
         missing = {op.item_id for op in fresh} - batch.items.keys()
-        deleted = tombstoned(transaction.connection, "item", missing)
-        context = _PushContext(
-            batch, tasks, deleted, dataset_id, user_email, replica_id
-        )
+        batch.deleted_items = tombstoned(connection, "item", missing)
 
-        def apply_all(clock: Clock) -> tuple[list[JSON], list[JSON], str]:
-            results: list[JSON] = []
-            new_rows: list[JSON] = []
-            for op in ops:
-                digest = op_content_hash(op)
-                earlier = stored.get(op.seq)
-                if earlier is not None:
-                    if earlier.content_hash != digest:
-                        raise SeqConflict(replica_id, op.seq)
-                    results.append(earlier.result)
-                    continue
-                result = context.apply(clock, op)
-                stored[op.seq] = _StoredOp(digest, result)
-                new_rows.append(
-                    {"seq": op.seq, "opId": op.op_id, "hash": digest, "result": result}
-                )
-                results.append(result)
+        def apply_all(clock: Clock) -> tuple[list[JSON], list[NewPushedOp], str]:
+            results, new_rows = decide_push(
+                batch,
+                clock,
+                ops,
+                stored,
+                dataset_id=dataset_id,
+                user_email=user_email,
+                replica_id=replica_id,
+            )
             return results, new_rows, str(clock.last)
 
         results, new_rows, server_hlc = db.with_clock(apply_all)
@@ -443,16 +279,18 @@ def push(
 
 def _stored_ops(
     transaction: Transaction, replica_id: str, seqs: list[int]
-) -> dict[int, _StoredOp]:
+) -> dict[int, StoredOp]:
     rows = transaction.execute(
         "SELECT seq, content_hash, result FROM pushed_ops "
         "WHERE replica_id = %s AND seq = ANY(%s)",
         (replica_id, sorted(set(seqs))),
     )
-    return {row["seq"]: _StoredOp(row["content_hash"], row["result"]) for row in rows}
+    return {row["seq"]: StoredOp(row["content_hash"], row["result"]) for row in rows}
 
 
-def _store_ops(transaction: Transaction, replica_id: str, rows: list[JSON]) -> None:
+def _store_ops(
+    transaction: Transaction, replica_id: str, rows: list[NewPushedOp]
+) -> None:
     """Record pushed ops; rerun the push if a concurrent one recorded them first.
 
     Two requests with the same ops can both miss the record and apply them; the
@@ -461,12 +299,21 @@ def _store_ops(transaction: Transaction, replica_id: str, rows: list[JSON]) -> N
     """
     if not rows:
         return
+    documents = [
+        {
+            "seq": row.seq,
+            "opId": row.op_id,
+            "hash": row.content_hash,
+            "result": row.result,
+        }
+        for row in rows
+    ]
     inserted = transaction.execute(
         "INSERT INTO pushed_ops (replica_id, seq, op_id, content_hash, result) "
         "SELECT %s, (op ->> 'seq')::bigint, op ->> 'opId', op ->> 'hash', "
         "op -> 'result' FROM jsonb_array_elements(%s) AS rows (op) "
         "ON CONFLICT (replica_id, seq) DO NOTHING RETURNING seq",
-        (replica_id, Jsonb(rows)),
+        (replica_id, Jsonb(documents)),
     ).fetchall()
     if len(inserted) != len(rows):
         raise RetryTransaction(
@@ -474,158 +321,91 @@ def _store_ops(transaction: Transaction, replica_id: str, rows: list[JSON]) -> N
         )
 
 
-@dataclass
-class _PushContext:
-    """The items, tasks and tombstones one push reads, loaded before its ops apply."""
-
-    batch: RegisterBatch
-    tasks: dict[str, JSON]
-    deleted_items: set[str]
-    dataset_id: str
-    user_email: str
-    replica_id: str
-
-    def apply(self, clock: Clock, op: PushOp) -> JSON:
-        item = self.batch.items.get(op.item_id)
-        task = self.tasks.get(op.task_id)
-        reason = self._rejection(op, item, task)
-        if reason is None:
-            # A restamped op gets the server's HLC, which must beat the register.
-            self.batch.merge_current(clock, op.item_id, op.task_id)
-        hlc, restamped = stamp_incoming(clock, op.hlc)
-        write = RegisterWrite(
-            status=op.status,
-            hlc=hlc,
-            creator=op.creator or self.user_email,
-            source="replica",
-            user_email=self.user_email,
-            replica_id=self.replica_id,
-            op_id=op.op_id,
-            restamped=restamped,
-        )
-
-        if reason is not None:
-            # The current value is shown only for a register of this dataset, and
-            # an op on another dataset's item stays out of that item's history.
-            same_dataset = item is not None and item.get("datasetId") == self.dataset_id
-            if item is None or same_dataset:
-                self.batch.record(
-                    op.item_id, op.task_id, self.dataset_id, write, "rejected", reason
-                )
-            current = (
-                self.batch.current(op.item_id, op.task_id) if same_dataset else None
-            )
-            outcome, winner = "rejected", current
-        else:
-            assert item is not None and task is not None
-            outcome, winner = self.batch.write(item, task, write)
-
-        return {
-            "opId": op.op_id,
-            "seq": op.seq,
-            "outcome": outcome,
-            "reason": reason,
-            "hlc": hlc,
-            "restamped": restamped,
-            "winner": winner_json(winner),
-        }
-
-    def _rejection(
-        self, op: PushOp, item: JSON | None, task: JSON | None
-    ) -> str | None:
-        """Return why an op can never apply, or ``None`` when it can."""
-        dataset_id = self.dataset_id
-        if item is None:
-            if op.item_id in self.deleted_items:
-                return f"Item {op.item_id!r} was deleted"
-            return unknown_item_reason(op.item_id, dataset_id)
-        if item.get("datasetId") != dataset_id:
-            return unknown_item_reason(op.item_id, dataset_id)
-        if task is None:
-            return f"Task {op.task_id!r} not found"
-        if task.get("datasetId") != dataset_id:
-            return f"Task {op.task_id!r} belongs to another dataset than {dataset_id!r}"
-        if not has_ref(item, op.task_id):
-            return f"Item {op.item_id!r} is not in task {op.task_id!r}"
-        if op.status is not None:
-            try:
-                check_status(task, op.status)
-            except BadRequest as exc:
-                return exc.message
-        return None
-
-
 # Pull.
 
 
-def pull(db: PostgresDatabase, dataset_id: str, *, cursor: int, limit: int) -> PullPage:
+def pull(
+    db: PostgresDatabase,
+    dataset_id: str,
+    *,
+    cursor: int,
+    limit: int,
+    replica_id: str | None = None,
+) -> PullPage:
     """Return the changes after ``cursor`` and the cursor to send next.
 
     Feed rows of one dataset become visible in seq order (see
     :meth:`Transaction.write_feed`), so no change that commits later can have a
-    seq below the last one returned, and that seq is a safe cursor.
+    seq below the last row read, and that seq is a safe cursor.
     """
     with db.read() as connection:
-        rows = connection.execute(
-            "SELECT seq, kind, entity_id, deleted FROM changes "
-            "WHERE dataset_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            (dataset_id, cursor, limit + 1),
-        ).fetchall()
-        has_more = len(rows) > limit
-        rows = rows[:limit]
-        data = _change_data(connection, rows)
-    changes = [
-        {
-            "seq": row["seq"],
-            "kind": row["kind"],
-            "id": row["entity_id"],
-            "deleted": row["deleted"],
-            "data": data.get((row["kind"], row["entity_id"])),
-        }
-        for row in rows
-    ]
+        rows = _feed_rows(
+            connection, dataset_id, cursor, pull_scan_limit(limit, replica_id) + 1
+        )
+        page_rows, next_cursor, has_more = select_page(
+            rows, cursor=cursor, limit=limit, replica_id=replica_id
+        )
+        documents = _entity_documents(connection, page_rows)
+    changes = [change_json(row, documents) for row in page_rows]
 
     register_hlcs = [
-        Timestamp.parse(change["data"]["hlc"])
-        for change in changes
-        if change["kind"] == "register" and change["data"]
+        Timestamp.parse(row.register["hlc"])
+        for row in rows
+        if row.register is not None and row.seq <= next_cursor
     ]
 
     def receive_all(clock: Clock) -> str:
-        # The server's HLC in the response sorts after every HLC of the page,
+        # The server's HLC in the response sorts after every HLC the page read,
         # including those written through other server processes.
         for hlc in register_hlcs:
             clock.receive(hlc)
         return str(clock.last)
 
     server_hlc = db.with_clock(receive_all)
-    next_cursor = changes[-1]["seq"] if changes else cursor
     return PullPage(
         changes=changes, cursor=next_cursor, has_more=has_more, server_hlc=server_hlc
     )
 
 
-def _change_data(
-    connection: Connection, rows: list[dict[str, Any]]
+def _feed_rows(
+    connection: Connection, dataset_id: str, cursor: int, count: int
+) -> list[FeedRow]:
+    """Return up to ``count`` feed rows after ``cursor``, with their registers."""
+    rows = connection.execute(
+        "SELECT seq, kind, entity_id, deleted FROM changes "
+        "WHERE dataset_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+        (dataset_id, cursor, count),
+    ).fetchall()
+    registers = load_registers(
+        connection,
+        [
+            split_register_key(row["entity_id"])
+            for row in rows
+            if row["kind"] == "register" and not row["deleted"]
+        ],
+    )
+    return [
+        FeedRow(
+            seq=row["seq"],
+            kind=row["kind"],
+            entity_id=row["entity_id"],
+            deleted=row["deleted"],
+            register=(
+                registers.get(split_register_key(row["entity_id"]))
+                if row["kind"] == "register" and not row["deleted"]
+                else None
+            ),
+        )
+        for row in rows
+    ]
+
+
+def _entity_documents(
+    connection: Connection, rows: list[FeedRow]
 ) -> dict[tuple[str, str], JSON]:
-    """Return the current data of each changed entity that was not deleted."""
-    wanted: dict[str, list[str]] = {}
-    for row in rows:
-        if not row["deleted"]:
-            wanted.setdefault(row["kind"], []).append(row["entity_id"])
-
-    data: dict[tuple[str, str], JSON] = {}
-    for kind, ids in wanted.items():
-        if kind == "register":
-            keys = [_split_register_key(entity_id) for entity_id in ids]
-            for key, register in load_registers(connection, keys).items():
-                data[(kind, register_key(*key))] = register_change_data(register)
-        elif kind in ENTITY_TABLES:
+    documents: dict[tuple[str, str], JSON] = {}
+    for kind, ids in document_ids(rows).items():
+        if kind in ENTITY_TABLES:
             for entity_id, document in load_many(connection, kind, ids).items():
-                data[(kind, entity_id)] = document
-    return data
-
-
-def _split_register_key(entity_id: str) -> RegisterKey:
-    item_id, _, task_id = entity_id.partition(":")
-    return item_id, task_id
+                documents[(kind, entity_id)] = document
+    return documents

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from localsync.dql import array_paths_of
+from localsync.server.batches import register_fields, register_view
 from localsync.server.postgres_database import PostgresDatabase, Transaction
 from localsync.server.storage import JSON
 
@@ -66,6 +67,27 @@ def lock_items(transaction: Transaction, item_ids: Iterable[str]) -> dict[str, J
     return {row["id"]: row["json"] for row in rows}
 
 
+def lock_register_views(
+    transaction: Transaction, item_ids: Iterable[str]
+) -> dict[str, JSON]:
+    """Lock the stored items among ``item_ids``; return their register views.
+
+    Rows are locked in id order, as :func:`lock_items` does. PostgreSQL extracts
+    the fields, so the rest of each item is not sent or parsed.
+    """
+    rows = transaction.execute(
+        "SELECT id, json -> 'datasetId' AS dataset_id, "
+        "CASE WHEN jsonb_typeof(json #> '{metadata,system,refs}') = 'array' "
+        "THEN json #> '{metadata,system,refs}' END AS refs "
+        "FROM items WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        (sorted(set(item_ids)),),
+    )
+    return {
+        row["id"]: register_view(row["id"], row["dataset_id"], row["refs"])
+        for row in rows
+    }
+
+
 def load_all_json(connection: Connection, query: str, params: Any) -> list[JSON]:
     return [row["json"] for row in connection.execute(query, params)]
 
@@ -90,6 +112,28 @@ def save_items(
         "FROM jsonb_array_elements(%s) AS rows (document) "
         "ON CONFLICT (id) DO UPDATE SET dataset_id = excluded.dataset_id, "
         "json = excluded.json",
+        (Jsonb(rows),),
+    )
+
+
+def save_register_fields(transaction: Transaction, items: Iterable[JSON]) -> None:
+    """Write the refs and annotationStatus of locked items into their stored JSON.
+
+    The rest of each stored item stays as it is. The caller records the array
+    paths the fields add.
+    """
+    rows = []
+    for item in sorted(items, key=lambda item: item["id"]):
+        refs, annotation_status = register_fields(item)
+        rows.append({"id": item["id"], "refs": refs, "status": annotation_status})
+    if not rows:
+        return
+    transaction.execute(
+        "UPDATE items SET json = jsonb_set(jsonb_set(items.json, "
+        "'{metadata,system,refs}', rows.document -> 'refs'), "
+        "'{metadata,system,annotationStatus}', rows.document -> 'status') "
+        "FROM jsonb_array_elements(%s) AS rows (document) "
+        "WHERE items.id = rows.document ->> 'id'",
         (Jsonb(rows),),
     )
 

@@ -597,5 +597,14 @@ class PostgresStorage(Storage):
             ops=ops,
         )
 
-    def pull(self, dataset_id: str, *, cursor: int, limit: int) -> PullPage:
-        return postgres_registers.pull(self.db, dataset_id, cursor=cursor, limit=limit)
+    def pull(
+        self,
+        dataset_id: str,
+        *,
+        cursor: int,
+        limit: int,
+        replica_id: str | None = None,
+    ) -> PullPage:
+        return postgres_registers.pull(
+            self.db, dataset_id, cursor=cursor, limit=limit, replica_id=replica_id
+        )

@@ -59,6 +59,7 @@ class PullRequest:
     cursor: int
     limit: int
     epoch: str | None
+    replica_id: str | None = None
 
 
 def _invalid(field: str, problem: str) -> BadRequest:
@@ -82,7 +83,7 @@ def parse_push(body: Any) -> PushRequest:
     if not isinstance(body, dict):
         raise BadRequest("400", "Invalid push body: expected a JSON object")
     replica_id = _string(body, "replicaId", "")
-    if not _REPLICA_ID.match(replica_id):
+    if not _REPLICA_ID.fullmatch(replica_id):
         raise _invalid(
             "replicaId", f"must be 32 lowercase hex digits, got {replica_id!r}"
         )
@@ -138,11 +139,19 @@ def parse_pull(params: Mapping[str, str]) -> PullRequest:
     limit = _integer(
         params, "limit", DEFAULT_PULL_LIMIT, minimum=1, maximum=MAX_PULL_LIMIT
     )
+    replica_id = params.get("replica") or None
+    if replica_id is not None and not _REPLICA_ID.fullmatch(replica_id):
+        raise BadRequest(
+            "400",
+            f"Query parameter replica={replica_id!r} is not a replica id; pass the "
+            "32 lowercase hex digits the replica sends as replicaId, or leave it out",
+        )
     return PullRequest(
         dataset_id=dataset_id,
         cursor=cursor,
         limit=limit,
         epoch=params.get("epoch") or None,
+        replica_id=replica_id,
     )
 
 

@@ -1,4 +1,4 @@
-"""Register rules every storage backend shares: LWW order, the future cap, op hashes.
+"""Rules every storage backend shares: LWW, the future cap, op hashes, pull pages.
 
 A register is the status of one item in one task. A write wins when its HLC string
 sorts after the register's. Fixed-width HLC strings sort in ``(wall_ms, counter,
@@ -7,13 +7,16 @@ node)`` order, so plain string comparison is LWW order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from localsync.errors import Conflict
-from localsync.hlc import Clock, Timestamp
+from localsync.hlc import WALL_DIGITS, Clock, Timestamp
 from localsync.server.storage import JSON, PushOp
 from localsync.statuses import iso_timestamp
 
@@ -23,6 +26,42 @@ FUTURE_CAP_MS = 5 * 60 * 1000
 
 # The largest push batch, in ops; a larger one gets 413.
 MAX_BATCH = 1000
+
+# A pull that leaves out a replica's own writes reads at most this many feed rows
+# per row of its limit, so a page costs a bounded amount of work even when most
+# rows are left out.
+PULL_SCAN_FACTOR = 10
+
+RegisterKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class RegisterWrite:
+    """One write of a register, before last-write-wins decides its outcome."""
+
+    status: str | None
+    hlc: str
+    creator: str | None
+    source: str
+    user_email: str
+    replica_id: str | None = None
+    op_id: str | None = None
+    restamped: bool = False
+
+
+@dataclass(frozen=True)
+class FeedRow:
+    """One change-feed row that a pull read.
+
+    ``register`` is the register's current value (as :func:`register_json` shapes
+    it) for a register change that is not a deletion, else ``None``.
+    """
+
+    seq: int
+    kind: str
+    entity_id: str
+    deleted: bool
+    register: JSON | None = None
 
 
 class ProtocolConflict(Conflict):
@@ -97,8 +136,17 @@ def stamp_incoming(
 
 
 def hlc_time(hlc: str) -> str:
-    """Return the ISO 8601 time of an HLC's wall clock, as refs record it."""
-    wall_ms = Timestamp.parse(hlc).wall_ms
+    """Return the ISO 8601 time of a valid HLC's wall clock, as refs record it.
+
+    The HLC is not parsed again, because :func:`stamp_incoming` or the server
+    clock produced it.
+    """
+    return _iso_time(int(hlc[:WALL_DIGITS]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_time(wall_ms: int) -> str:
+    # Writes of one batch mostly share a few wall-clock milliseconds.
     return iso_timestamp(datetime.fromtimestamp(wall_ms / 1000, tz=UTC))
 
 
@@ -112,6 +160,20 @@ def winner_json(register: JSON | None) -> JSON | None:
         "creator": register["creator"],
         "replicaId": register["replicaId"],
         "source": register["source"],
+    }
+
+
+def register_json(row: Any) -> JSON:
+    """Return a ``registers`` row (a mapping by column name) as register JSON."""
+    return {
+        "itemId": row["item_id"],
+        "taskId": row["task_id"],
+        "status": row["status"],
+        "hlc": row["hlc"],
+        "creator": row["creator"],
+        "timestamp": row["timestamp"],
+        "source": row["source"],
+        "replicaId": row["replica_id"],
     }
 
 
@@ -130,3 +192,75 @@ def register_change_data(register: JSON) -> JSON:
 def register_key(item_id: str, task_id: str) -> str:
     """Return the change-feed id of a register."""
     return f"{item_id}:{task_id}"
+
+
+def split_register_key(entity_id: str) -> RegisterKey:
+    """Return the ``(item_id, task_id)`` of a register's change-feed id."""
+    item_id, _, task_id = entity_id.partition(":")
+    return item_id, task_id
+
+
+def pull_scan_limit(limit: int, replica_id: str | None) -> int:
+    """Return how many feed rows a pull page may read."""
+    return limit * PULL_SCAN_FACTOR if replica_id is not None else limit
+
+
+def select_page(
+    rows: Sequence[FeedRow], *, cursor: int, limit: int, replica_id: str | None
+) -> tuple[list[FeedRow], int, bool]:
+    """Choose the rows of a pull page; return them, the next cursor and ``hasMore``.
+
+    ``rows`` are the feed rows after ``cursor`` in seq order, at most one more than
+    :func:`pull_scan_limit` allows. With ``replica_id``, register changes whose
+    current value that replica wrote are left out, and the cursor moves past them.
+    The page takes rows until one more kept row would exceed ``limit`` or the scan
+    limit is reached, so ``hasMore`` is true exactly when a row after the returned
+    cursor was read.
+    """
+    scan_limit = pull_scan_limit(limit, replica_id)
+    page_rows: list[FeedRow] = []
+    consumed = 0
+    for row in rows[:scan_limit]:
+        if not _written_by(row, replica_id):
+            if len(page_rows) == limit:
+                break
+            page_rows.append(row)
+        consumed += 1
+    next_cursor = rows[consumed - 1].seq if consumed else cursor
+    return page_rows, next_cursor, len(rows) > consumed
+
+
+def document_ids(rows: Sequence[FeedRow]) -> dict[str, list[str]]:
+    """Return, by kind, the ids of the page's entities whose JSON a change carries.
+
+    Registers carry their own data and deletions carry none.
+    """
+    ids: dict[str, list[str]] = {}
+    for row in rows:
+        if not row.deleted and row.kind != "register":
+            ids.setdefault(row.kind, []).append(row.entity_id)
+    return ids
+
+
+def change_json(row: FeedRow, documents: dict[tuple[str, str], JSON]) -> JSON:
+    """Return a pull change; ``documents`` maps ``(kind, id)`` to entity JSON."""
+    data: JSON | None = None
+    if row.kind == "register":
+        data = register_change_data(row.register) if row.register else None
+    elif not row.deleted:
+        data = documents.get((row.kind, row.entity_id))
+    return {
+        "seq": row.seq,
+        "kind": row.kind,
+        "id": row.entity_id,
+        "deleted": row.deleted,
+        "data": data,
+    }
+
+
+def _written_by(row: FeedRow, replica_id: str | None) -> bool:
+    return (
+        replica_id is not None
+        and row.register is not None
+        and row.register["replicaId"] == replica_id
+    )

@@ -538,8 +538,17 @@ class SQLiteStorage(Storage):
             ops=ops,
         )
 
-    def pull(self, dataset_id: str, *, cursor: int, limit: int) -> PullPage:
-        return sqlite_registers.pull(self.db, dataset_id, cursor=cursor, limit=limit)
+    def pull(
+        self,
+        dataset_id: str,
+        *,
+        cursor: int,
+        limit: int,
+        replica_id: str | None = None,
+    ) -> PullPage:
+        return sqlite_registers.pull(
+            self.db, dataset_id, cursor=cursor, limit=limit, replica_id=replica_id
+        )
 
 
 def load_all_json_at(

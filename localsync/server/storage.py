@@ -253,7 +253,21 @@ class Storage(ABC):
         """
 
     @abstractmethod
-    def pull(self, dataset_id: str, *, cursor: int, limit: int) -> PullPage: ...
+    def pull(
+        self,
+        dataset_id: str,
+        *,
+        cursor: int,
+        limit: int,
+        replica_id: str | None = None,
+    ) -> PullPage:
+        """Return up to ``limit`` changes after ``cursor`` and the cursor after them.
+
+        With ``replica_id`` the page leaves out register changes whose current
+        value that replica wrote, and its cursor moves past them. It then reads
+        at most ``limit`` times ``PULL_SCAN_FACTOR`` feed rows, so a page may
+        contain no changes while ``has_more`` is true.
+        """
 
 
 def open_storage(url: str) -> Storage:

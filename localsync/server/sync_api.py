@@ -48,7 +48,10 @@ def pull(context: RequestContext) -> JSON:
     context.require_dataset_access(request.dataset_id)
 
     page = context.storage.pull(
-        request.dataset_id, cursor=request.cursor, limit=request.limit
+        request.dataset_id,
+        cursor=request.cursor,
+        limit=request.limit,
+        replica_id=request.replica_id,
     )
     return {
         "epoch": epoch,
