@@ -12,6 +12,7 @@ import pytest
 
 from localsync.hlc import Timestamp, new_node_id
 from localsync.schema_files import schema_dir
+from localsync.server.registers import PULL_SCAN_FACTOR
 from localsync.server.storage import NewTask
 from tests.server_fixtures import (
     LiveServer,
@@ -19,7 +20,6 @@ from tests.server_fixtures import (
     seed_dataset,
     synthetic_records,
 )
-
 
 STATUSES = ("completed", "approved", "discard")
 
@@ -399,6 +399,7 @@ def test_permanent_rejections(client, live_server, world) -> None:
     ("change", "expected"),
     [
         ({"replicaId": "not-hex"}, "replicaId"),
+        ({"replicaId": "a" * 32 + "\n"}, "replicaId"),
         ({"ops": "nope"}, "ops"),
         ({"datasetId": ""}, "datasetId"),
         ({"ops": [{"seq": 0}]}, "seq"),
@@ -450,20 +451,54 @@ def test_bad_pull_parameters(client, world, params, status) -> None:
     assert response.json()["message"]
 
 
+@pytest.mark.parametrize(
+    "value",
+    ["not-hex", "A" * 32, "a" * 31, "a" * 33, "a" * 32 + "\n", "g" * 32],
+)
+def test_bad_pull_replica_is_400(client, live_server, world, value) -> None:
+    before = database_fingerprint(live_server.storage)
+
+    response = client.get(
+        "/sync/pull", params={"dataset": world["dataset"]["id"], "replica": value}
+    )
+
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "replica=" in message
+    assert "32 lowercase hex digits" in message
+    assert database_fingerprint(live_server.storage) == before
+
+
+def pull_pages(
+    client: httpx.Client,
+    dataset_id: str,
+    cursor: int,
+    limit: int,
+    *,
+    replica_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Pull from ``cursor`` until ``hasMore`` is false; return every page."""
+    params: dict[str, Any] = {"dataset": dataset_id, "limit": limit}
+    if replica_id is not None:
+        params["replica"] = replica_id
+    pages: list[dict[str, Any]] = []
+    for _ in range(1000):
+        response = client.get("/sync/pull", params={**params, "cursor": cursor})
+        assert response.status_code == 200, response.text
+        page = response.json()
+        pages.append(page)
+        cursor = page["cursor"]
+        if not page["hasMore"]:
+            return pages
+    raise AssertionError("pull did not finish")
+
+
 def pull_all(
     client: httpx.Client, dataset_id: str, cursor: int, limit: int
 ) -> tuple[list, int]:
-    changes: list[dict[str, Any]] = []
-    for _ in range(1000):
-        page = client.get(
-            "/sync/pull",
-            params={"dataset": dataset_id, "cursor": cursor, "limit": limit},
-        ).json()
-        changes += page["changes"]
-        cursor = page["cursor"]
-        if not page["hasMore"]:
-            return changes, cursor
-    raise AssertionError("pull did not finish")
+    pages = pull_pages(client, dataset_id, cursor, limit)
+    changes = [change for page in pages for change in page["changes"]]
+    return changes, pages[-1]["cursor"]
 
 
 def test_pull_pages_each_entity_once(client, live_server, world) -> None:
@@ -514,6 +549,119 @@ def test_pull_after_delete_has_tombstones(client, live_server, world) -> None:
     [result] = results_of(push(client, live_server, replica, dataset_id, [op]))
     assert result["outcome"] == "rejected"
     assert "deleted" in result["reason"]
+
+
+def task_world(live_server: LiveServer, name: str, count: int, prefix: str) -> dict:
+    """Seed a dataset of ``count`` items, all in one new task; return both."""
+    storage = live_server.storage
+    records = synthetic_records(count, folder=f"/{name}", prefix=prefix)
+    dataset = seed_dataset(storage, records, dataset=name)
+    task = storage.create_task(
+        NewTask(
+            project_id=live_server.project["id"],
+            dataset_id=dataset["id"],
+            name=f"{name}-task",
+            statuses=STATUSES,
+        )
+    )
+    return {
+        "dataset": dataset,
+        "task": task,
+        "items": [record["_id"] for record in records],
+    }
+
+
+def test_pull_leaves_out_own_writes(client, live_server) -> None:
+    world = task_world(live_server, "own-writes", 10, "a")
+    dataset_id, task_id, items = (
+        world["dataset"]["id"],
+        world["task"]["id"],
+        world["items"],
+    )
+    _, start = pull_all(client, dataset_id, 0, 5000)
+    own, other = Replica(), Replica()
+
+    ops = [
+        own.op(item_id, task_id, "completed", offset_ms=-5000) for item_id in items[:8]
+    ]
+    results_of(push(client, live_server, own, dataset_id, ops))
+    [by_other] = results_of(
+        push(
+            client,
+            live_server,
+            other,
+            dataset_id,
+            [other.op(items[2], task_id, "discard")],
+        )
+    )
+    rest = client.post(
+        f"/assignments/items/tasks/{task_id}/status",
+        json={
+            "itemIds": [items[3]],
+            "statusPayload": {"operation": "create", "status": "approved"},
+        },
+    )
+    assert rest.status_code == 200
+    results_of(
+        push(
+            client,
+            live_server,
+            other,
+            dataset_id,
+            [other.op(items[4], task_id, "discard")],
+        )
+    )
+    results_of(
+        push(
+            client,
+            live_server,
+            own,
+            dataset_id,
+            [own.op(items[4], task_id, "approved", offset_ms=1000)],
+        )
+    )
+    _, end = pull_all(client, dataset_id, start, 5000)
+
+    filtered = pull_pages(client, dataset_id, start, 1, replica_id=own.replica_id)
+    unfiltered = pull_pages(client, dataset_id, start, 1)
+
+    # The feed after start: own writes on 0, 1, 5, 6, 7, then 2 (other), 3 (REST)
+    # and 4 (own again, after the other replica's write).
+    assert len(unfiltered) == 8
+    assert [page["hasMore"] for page in filtered] == [True, False]
+    assert [len(page["changes"]) for page in filtered] == [1, 1]
+    changes = [change for page in filtered for change in page["changes"]]
+    assert [change["id"] for change in changes] == [
+        f"{items[2]}:{task_id}",
+        f"{items[3]}:{task_id}",
+    ]
+    assert changes[0]["data"]["status"] == "discard"
+    assert changes[0]["data"]["hlc"] == by_other["hlc"]
+    assert changes[1]["data"]["status"] == "approved"
+    assert changes[1]["data"]["hlc"] == rest.json()[items[3]]["hlc"]
+    assert filtered[0]["cursor"] == changes[0]["seq"]
+    assert filtered[-1]["cursor"] == end
+
+
+def test_pull_scan_stops_at_limit_multiple(client, live_server) -> None:
+    world = task_world(live_server, "scan-limit", 25, "9")
+    dataset_id, task_id = world["dataset"]["id"], world["task"]["id"]
+    _, start = pull_all(client, dataset_id, 0, 5000)
+    own = Replica()
+    ops = [own.op(item_id, task_id, "completed") for item_id in world["items"]]
+    results_of(push(client, live_server, own, dataset_id, ops))
+    feed, _ = pull_all(client, dataset_id, start, 5000)
+    seqs = [change["seq"] for change in feed]
+    limit = 2
+    scan = limit * PULL_SCAN_FACTOR
+
+    pages = pull_pages(client, dataset_id, start, limit, replica_id=own.replica_id)
+
+    assert len(seqs) == 25
+    assert scan < len(seqs)
+    assert [page["changes"] for page in pages] == [[], []]
+    assert [page["hasMore"] for page in pages] == [True, False]
+    assert [page["cursor"] for page in pages] == [seqs[scan - 1], seqs[-1]]
 
 
 def test_responses_match_schemas(client, live_server, world) -> None:
