@@ -239,6 +239,25 @@ def test_refs_cross_arrays(conn, filter_, expected):
     assert_all_return(conn, REFS, {"filter": filter_}, expected)
 
 
+def test_match_needs_an_array(conn):
+    # json_each lists an object's members too, and "0" is a member key, not an index.
+    matching = {"id": "T1", "metadata": {"status": "discard"}}
+    docs = [
+        refs("R1", ref("T2"), ref("T1", "discard")),
+        item("R2", metadata={"system": {"refs": {"a": matching}}}),
+        item("R3", metadata={"system": {"refs": {"0": matching}}}),
+        item("R4", metadata={"system": {"refs": matching}}),
+        item("R5", metadata={"system": {"refs": "T1"}}),
+        item("R6", metadata={"system": {"refs": [[matching]]}}),
+        refs("R7"),
+    ]
+    store(conn, docs)
+    body = {"filter": {"metadata.system.refs": {"$match": matching}}}
+    assert_all_return(conn, docs, body, ["R1"])
+    body = {"filter": {"metadata.system.refs": {"$match": {"$exists": True}}}}
+    assert_all_return(conn, docs, body, ["R1", "R6"])
+
+
 FLAGS = [user("F1", flag=True), user("F2", flag=1), user("F3", flag="true")]
 
 

@@ -234,8 +234,7 @@ class FilterCompiler:
         condition = self._filter(test.filter, element, prefix, at_table=False)
         if test.objects_only:
             condition = all_of([dialect.has_kind(element, ["object"]), condition])
-        any_element = dialect.exists([(dialect.elements(node), alias)], condition)
-        return all_of([dialect.has_kind(node, ["array"]), any_element])
+        return dialect.any_element(node, alias, condition)
 
     def _nested(
         self, node: Node, prefix: Path, test: Nested, array_possible: bool
