@@ -248,3 +248,39 @@ def test_matches_agrees_with_run_query(doc, filter_):
     page, total = dql.run_query({"filter": filter_}, [doc], {})
     assert dql.matches(filter_, doc) == (total == 1)
     assert len(page) == total
+
+
+# Values of every kind but arrays, so that bounds on one path merge into a range.
+# Numbers come first and most often, so that ranges often match some of them.
+range_numbers = st.one_of(numbers, st.sampled_from([0, 1, -1, 0.25, 1.5]))
+single_values = st.recursive(
+    st.one_of(range_numbers, range_numbers, scalars),
+    lambda children: st.dictionaries(st.sampled_from(["a", "b"]), children, max_size=2),
+    max_leaves=4,
+)
+range_bounds = st.tuples(
+    st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+    st.one_of(range_numbers, range_numbers, st.booleans(), texts),
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None)
+@given(
+    values=st.lists(single_values, min_size=2, max_size=10),
+    path=st.sampled_from(["a", "a.b"]),
+    bounds=st.lists(range_bounds, min_size=1, max_size=3),
+)
+def test_number_bounds_match_evaluator(conn, values, path, bounds):
+    # For a.b, every third value sits at a itself, where a.b finds no value.
+    nested = path == "a.b"
+    items = [
+        {"id": f"r{index}", "a": {"b": value} if nested and index % 3 else value}
+        for index, value in enumerate(values)
+    ]
+    dataset_id, items, _ = store(conn, items, [])
+    body = {"filter": {"$and": [{path: {op: bound}} for op, bound in bounds]}}
+
+    page, total = dql.run_query(body, items, {})
+    event("matched some" if total else "matched none")
+    result = run_sql(conn, body, dataset_id, catalog=True)
+    assert result == ([doc["id"] for doc in page], total)

@@ -159,6 +159,20 @@ CASE_TABLES: list[tuple[str, Callable[..., Any], Any, Any, Callable[[Any], Any]]
     ),
     ("corpus", cases.test_corpus_cases, cases.CORPUS, [], lambda f: {"filter": f}),
     (
+        "number-ranges",
+        cases.test_number_range_keeps_kinds_apart,
+        cases.MIXED_SCORES,
+        [],
+        lambda f: {"filter": {"metadata.user.score": f}},
+    ),
+    (
+        "number-bounds",
+        cases.test_number_bounds_in_and_or,
+        cases.MIXED_SCORES,
+        [],
+        lambda f: {"filter": f},
+    ),
+    (
         "wildcards",
         cases.test_wildcard_values,
         cases.PATTERNS,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from localsync.dql.dialect import (
     FALSE,
+    Bound,
     Dialect,
     Node,
     PathNode,
@@ -121,14 +122,61 @@ class FilterCompiler:
 
     def _filter(self, filter_: Filter, node: Node, prefix: Path, at_table: bool) -> Sql:
         if isinstance(filter_, AllOf):
-            return all_of(
-                [self._filter(p, node, prefix, at_table) for p in filter_.parts]
-            )
+            return self._all_of(filter_.parts, node, prefix, at_table)
         if isinstance(filter_, AnyOf):
             return any_of(
                 [self._filter(p, node, prefix, at_table) for p in filter_.parts]
             )
         return self._condition(filter_, node, prefix, at_table)
+
+    def _all_of(
+        self, parts: tuple[Filter, ...], node: Node, prefix: Path, at_table: bool
+    ) -> Sql:
+        """Return SQL for all ``parts``, with number bounds on one value merged.
+
+        The bounds of a range such as ``20 <= score <= 29`` come as two conditions.
+        Written as one, they need no test of the kind when the range excludes 0
+        and 1, and no bound below the strings when an upper bound keeps them out.
+        An expression index then serves both bounds, and only them.
+        """
+        bounds = [self._number_bound(part, prefix) for part in parts]
+        ranges: dict[Path, list[Bound]] = {}
+        for found in bounds:
+            if found is not None:
+                ranges.setdefault(found[0], []).append(found[1])
+
+        compiled = []
+        for part, found in zip(parts, bounds, strict=True):
+            if found is None:
+                compiled.append(self._filter(part, node, prefix, at_table))
+            elif found[0] in ranges:
+                target = self._child(node, found[0])
+                compiled.append(self.dialect.number_range(target, ranges.pop(found[0])))
+        return all_of(compiled)
+
+    def _number_bound(self, part: Filter, prefix: Path) -> tuple[Path, Bound] | None:
+        """Return the path and bound of a number bound on one value, else None.
+
+        The path reaches one value, because no array can be on the way or at the
+        end. So the condition is true exactly when that value is a number within
+        the bound.
+        """
+        if not isinstance(part, Condition) or part.negated:
+            return None
+        test = part.test
+        if not isinstance(test, Compare) or isinstance(test.value, bool | str):
+            return None
+        if not all(is_identifier(label) for label in part.path):
+            return None
+        steps = range(1, len(part.path) + 1)
+        if any(self._may_be_array((*prefix, *part.path[:n])) for n in steps):
+            return None
+        return part.path, (test.operator, test.value)
+
+    def _child(self, node: Node, path: Path) -> Node:
+        for label in path:
+            node = self.dialect.child(node, label)
+        return node
 
     def _condition(
         self, condition: Condition, node: Node, prefix: Path, at_table: bool

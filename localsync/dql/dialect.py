@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from operator import ge, gt, le, lt
 from typing import Any
 
 from localsync.dql.paths import is_identifier
@@ -101,6 +102,8 @@ class ValueNode:
 
 
 Node = PathNode | ValueNode
+# A range operator ($gt, $gte, $lt or $lte) and its number bound.
+Bound = tuple[str, int | float]
 
 
 class Dialect:
@@ -184,6 +187,17 @@ class Dialect:
     ) -> Sql:
         raise NotImplementedError
 
+    def number_range(self, node: Node, bounds: Sequence[Bound]) -> Sql:
+        """Return SQL for "the value is a number within every one of ``bounds``".
+
+        Each bound is an operator (``$gt``, ``$gte``, ``$lt``, ``$lte``) and a
+        number, not a boolean. This implementation ANDs ``compare`` for each bound.
+        A dialect may write the range as one test instead.
+        """
+        return all_of(
+            [self.compare(node, operator, value) for operator, value in bounds]
+        )
+
     def sort_terms(self, node: Node) -> tuple[Sql, Sql]:
         raise NotImplementedError
 
@@ -221,6 +235,12 @@ _SQLITE_TYPES = {
     "object": ("object",),
 }
 _OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "$gt": gt,
+    "$gte": ge,
+    "$lt": lt,
+    "$lte": le,
+}
 
 
 # Columns of the item tables, for preparing statements without the real schema.
@@ -439,14 +459,30 @@ class SqliteDialect(Dialect):
             compared = sql(f"{{}} {symbol} {{}}", extracted, self.param(value))
             return sql("({} AND {})", compared, self.has_kind(node, ["string"]))
 
-        compared = sql(f"{{}} {symbol} {{}}", extracted, self.param(value))
-        if operator in ("$gt", "$gte"):
-            # Every text value sorts after every number in SQLite; the bound keeps
-            # strings (and containers, which json_extract returns as text) out.
-            compared = sql("({} AND {} < '')", compared, extracted)
-        if _range_excludes_booleans(operator, value):
-            return compared
-        return sql("({} AND {})", compared, self.has_kind(node, ["number"]))
+        return self.number_range(node, [(operator, value)])
+
+    def number_range(self, node: Node, bounds: Sequence[Bound]) -> Sql:
+        """Return SQL for "the value is a number within every one of ``bounds``".
+
+        The bounds are plain comparisons of one json_extract, so an expression
+        index on it serves them as one range scan. A test of the kind is added only
+        where a value of another kind could pass the bounds, because it reads the
+        JSON of each row in the range.
+        """
+        extracted = self.value(node)
+        parts = [
+            sql(f"{{}} {_OPERATORS[operator]} {{}}", extracted, self.param(value))
+            for operator, value in bounds
+        ]
+        if all(operator in ("$gt", "$gte") for operator, _ in bounds):
+            # Every text value sorts after every number in SQLite, so this bound
+            # keeps strings (and containers, which json_extract returns as text)
+            # out. A number upper bound keeps them out already.
+            parts.append(sql("{} < ''", extracted))
+        if _range_admits(bounds, 0) or _range_admits(bounds, 1):
+            # json_extract returns false and true as 0 and 1.
+            parts.append(self.has_kind(node, ["number"]))
+        return all_of(parts)
 
     def sort_terms(self, node: Node) -> tuple[Sql, Sql]:
         """Return the rank of the value's kind and the value, to order by both."""
@@ -465,15 +501,9 @@ class SqliteDialect(Dialect):
         return rank, value
 
 
-def _range_excludes_booleans(operator: str, bound: int | float) -> bool:
-    """Return whether the range excludes 0 and 1, json_extract's false and true."""
-    if operator == "$gt":
-        return bound >= 1
-    if operator == "$gte":
-        return bound > 1
-    if operator == "$lt":
-        return bound <= 0
-    return bound < 0
+def _range_admits(bounds: Sequence[Bound], number: int) -> bool:
+    """Return whether ``number`` passes every one of ``bounds``."""
+    return all(_COMPARE[operator](number, value) for operator, value in bounds)
 
 
 DIALECTS: dict[str, Dialect] = {"sqlite": SqliteDialect()}
