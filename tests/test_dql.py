@@ -898,6 +898,49 @@ def test_join_on_annotations(conn, join_filter, expected):
     assert matched == expected
 
 
+def test_join_finds_foreign_annotations(conn):
+    # The annotations table takes dataset_id from each annotation's own datasetId,
+    # so an item's annotation may carry another dataset's id, or none.
+    store(conn, JOINED_ITEMS, ANNOTATIONS)
+    body = {"filter": {}, "join": {"on": JOIN_ON, "filter": {"label": "cat"}}}
+    assert sql_ids(conn, body) == ["j1", "j2"]
+    foreign = [
+        {"id": "a5", "itemId": "j4", "label": "cat", "datasetId": "D0"},
+        {"id": "a6", "itemId": "j3", "label": "cat"},
+    ]
+    conn.executemany(
+        "INSERT INTO annotations (id, item_id, dataset_id, json) VALUES (?, ?, ?, ?)",
+        [
+            (a["id"], a["itemId"], a.get("datasetId", ""), json.dumps(a))
+            for a in foreign
+        ],
+    )
+    annotations = [*ANNOTATIONS, *foreign]
+    expected = ["j1", "j2", "j3", "j4"]
+    assert_all_return(conn, JOINED_ITEMS, body, expected, annotations)
+    body["join"]["filter"] = {"label": {"$in": ["cat", "bird"]}, "type": "box"}
+    assert_all_return(conn, JOINED_ITEMS, body, ["j1"], annotations)
+
+
+def test_label_join_uses_label_index(conn):
+    store(conn, JOINED_ITEMS, ANNOTATIONS)
+    body = {"filter": {}, "join": {"on": JOIN_ON, "filter": {"label": "cat"}}}
+    compiled = dql.compile_query(
+        body,
+        dataset_id=DATASET,
+        array_paths=dql.load_array_paths(conn, DATASET),
+        annotation_array_paths=dql.load_array_paths(conn, DATASET, "annotations"),
+    )
+    plan = " ".join(
+        row[3]
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN " + compiled.count_sql, compiled.count_params
+        )
+    )
+    assert "annotations_label (dataset_id=? AND label=?)" in plan
+    assert conn.execute(compiled.count_sql, compiled.count_params).fetchone()[0] == 2
+
+
 def test_join_with_item_filter(conn):
     items = [item("j1", dir="/a"), item("j2", dir="/b"), item("j3", dir="/a")]
     store(conn, items, ANNOTATIONS)

@@ -117,6 +117,9 @@ class Dialect:
 
     name = "abstract"
     placeholder = "?"
+    # Whether a join that requires certain labels is an IN list found by the
+    # annotations index on (dataset_id, label), not an EXISTS run per item.
+    label_index_join = False
 
     def param(self, value: Any) -> Sql:
         return Sql(self.placeholder, (value,))
@@ -266,6 +269,7 @@ class SqliteDialect(Dialect):
     """SQLite's JSON1 functions (built in since SQLite 3.38)."""
 
     name = "sqlite"
+    label_index_join = True
 
     def __init__(self) -> None:
         self._local = threading.local()
