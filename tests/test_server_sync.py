@@ -624,10 +624,17 @@ def test_pull_leaves_out_own_writes(client, live_server) -> None:
 
     filtered = pull_pages(client, dataset_id, start, 1, replica_id=own.replica_id)
     unfiltered = pull_pages(client, dataset_id, start, 1)
+    stranger = pull_pages(client, dataset_id, start, 1, replica_id=new_node_id())
 
     # The feed after start: own writes on 0, 1, 5, 6, 7, then 2 (other), 3 (REST)
     # and 4 (own again, after the other replica's write).
     assert len(unfiltered) == 8
+    assert [page["changes"] for page in stranger] == [
+        page["changes"] for page in unfiltered
+    ]
+    assert [page["cursor"] for page in stranger] == [
+        page["cursor"] for page in unfiltered
+    ]
     assert [page["hasMore"] for page in filtered] == [True, False]
     assert [len(page["changes"]) for page in filtered] == [1, 1]
     changes = [change for page in filtered for change in page["changes"]]

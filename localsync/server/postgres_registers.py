@@ -46,9 +46,8 @@ from localsync.server.registers import (
     RegisterKey,
     change_json,
     document_ids,
-    pull_scan_limit,
     register_json,
-    select_page,
+    scan_page,
     split_register_key,
 )
 from localsync.server.registers import RegisterWrite as RegisterWrite
@@ -339,19 +338,18 @@ def pull(
     seq below the last row read, and that seq is a safe cursor.
     """
     with db.read() as connection:
-        rows = _feed_rows(
-            connection, dataset_id, cursor, pull_scan_limit(limit, replica_id) + 1
-        )
-        page_rows, next_cursor, has_more = select_page(
-            rows, cursor=cursor, limit=limit, replica_id=replica_id
-        )
-        documents = _entity_documents(connection, page_rows)
-    changes = [change_json(row, documents) for row in page_rows]
+
+        def read_rows(after: int, count: int) -> list[FeedRow]:
+            return _feed_rows(connection, dataset_id, after, count)
+
+        scan = scan_page(read_rows, cursor=cursor, limit=limit, replica_id=replica_id)
+        documents = _entity_documents(connection, scan.rows)
+    changes = [change_json(row, documents) for row in scan.rows]
 
     register_hlcs = [
         Timestamp.parse(row.register["hlc"])
-        for row in rows
-        if row.register is not None and row.seq <= next_cursor
+        for row in scan.consumed
+        if row.register is not None
     ]
 
     def receive_all(clock: Clock) -> str:
@@ -363,7 +361,10 @@ def pull(
 
     server_hlc = db.with_clock(receive_all)
     return PullPage(
-        changes=changes, cursor=next_cursor, has_more=has_more, server_hlc=server_hlc
+        changes=changes,
+        cursor=scan.cursor,
+        has_more=scan.has_more,
+        server_hlc=server_hlc,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -200,34 +200,66 @@ def split_register_key(entity_id: str) -> RegisterKey:
     return item_id, task_id
 
 
-def pull_scan_limit(limit: int, replica_id: str | None) -> int:
-    """Return how many feed rows a pull page may read."""
-    return limit * PULL_SCAN_FACTOR if replica_id is not None else limit
+@dataclass(frozen=True)
+class PageScan:
+    """The feed rows a pull page read: its changes, and where the next page starts.
 
-
-def select_page(
-    rows: Sequence[FeedRow], *, cursor: int, limit: int, replica_id: str | None
-) -> tuple[list[FeedRow], int, bool]:
-    """Choose the rows of a pull page; return them, the next cursor and ``hasMore``.
-
-    ``rows`` are the feed rows after ``cursor`` in seq order, at most one more than
-    :func:`pull_scan_limit` allows. With ``replica_id``, register changes whose
-    current value that replica wrote are left out, and the cursor moves past them.
-    The page takes rows until one more kept row would exceed ``limit`` or the scan
-    limit is reached, so ``hasMore`` is true exactly when a row after the returned
-    cursor was read.
+    ``consumed`` contains every row the cursor moved past, the page's own rows
+    included.
     """
-    scan_limit = pull_scan_limit(limit, replica_id)
+
+    rows: list[FeedRow]
+    consumed: list[FeedRow]
+    cursor: int
+    has_more: bool
+
+
+# read_rows(after_seq, count) returns up to count feed rows after after_seq.
+FeedReader = Callable[[int, int], list[FeedRow]]
+
+
+def scan_page(
+    read_rows: FeedReader, *, cursor: int, limit: int, replica_id: str | None
+) -> PageScan:
+    """Choose the rows of a pull page after ``cursor``, reading the feed in chunks.
+
+    With ``replica_id``, register changes whose current value that replica wrote
+    are left out and the cursor moves past them, but past at most
+    ``limit * PULL_SCAN_FACTOR`` rows in all. The page ends where one more row would
+    exceed ``limit`` or that scan limit, so ``has_more`` is true exactly when a
+    row after the returned cursor exists.
+    """
+    scan_limit = limit * PULL_SCAN_FACTOR if replica_id is not None else limit
     page_rows: list[FeedRow] = []
-    consumed = 0
-    for row in rows[:scan_limit]:
+    consumed: list[FeedRow] = []
+    has_more = False
+    for row in _read_feed(read_rows, cursor, limit + 1, scan_limit + 1):
+        full = len(page_rows) == limit and not _written_by(row, replica_id)
+        if full or len(consumed) == scan_limit:
+            has_more = True
+            break
         if not _written_by(row, replica_id):
-            if len(page_rows) == limit:
-                break
             page_rows.append(row)
-        consumed += 1
-    next_cursor = rows[consumed - 1].seq if consumed else cursor
-    return page_rows, next_cursor, len(rows) > consumed
+        consumed.append(row)
+    next_cursor = consumed[-1].seq if consumed else cursor
+    return PageScan(page_rows, consumed, next_cursor, has_more)
+
+
+def _read_feed(
+    read_rows: FeedReader, after: int, chunk: int, total: int
+) -> Iterator[FeedRow]:
+    """Yield up to ``total`` feed rows after ``after``, reading ``chunk`` at a time.
+
+    A page that stops early reads no further chunk.
+    """
+    while total > 0:
+        count = min(chunk, total)
+        rows = read_rows(after, count)
+        yield from rows
+        if len(rows) < count:
+            return
+        total -= count
+        after = rows[-1].seq
 
 
 def document_ids(rows: Sequence[FeedRow]) -> dict[str, list[str]]:

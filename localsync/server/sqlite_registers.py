@@ -29,9 +29,8 @@ from localsync.server.registers import (
     RegisterKey,
     change_json,
     document_ids,
-    pull_scan_limit,
     register_json,
-    select_page,
+    scan_page,
 )
 from localsync.server.sqlite_database import SQLiteDatabase
 from localsync.server.sqlite_rows import (
@@ -300,18 +299,20 @@ def pull(
     # One writer at a time assigns seqs and commits in the same order, so a
     # snapshot never lacks a seq below one it contains, and the cursor is safe.
     with db.read() as connection:
-        rows = _feed_rows(
-            connection, dataset_id, cursor, pull_scan_limit(limit, replica_id) + 1
-        )
-        page_rows, next_cursor, has_more = select_page(
-            rows, cursor=cursor, limit=limit, replica_id=replica_id
-        )
-        documents = _entity_documents(connection, page_rows)
+
+        def read_rows(after: int, count: int) -> list[FeedRow]:
+            return _feed_rows(connection, dataset_id, after, count)
+
+        scan = scan_page(read_rows, cursor=cursor, limit=limit, replica_id=replica_id)
+        documents = _entity_documents(connection, scan.rows)
         server_hlc = db.last_hlc(connection)
 
-    changes = [change_json(row, documents) for row in page_rows]
+    changes = [change_json(row, documents) for row in scan.rows]
     return PullPage(
-        changes=changes, cursor=next_cursor, has_more=has_more, server_hlc=server_hlc
+        changes=changes,
+        cursor=scan.cursor,
+        has_more=scan.has_more,
+        server_hlc=server_hlc,
     )
 
 

@@ -265,8 +265,8 @@ class Storage(ABC):
 
         With ``replica_id`` the page leaves out register changes whose current
         value that replica wrote, and its cursor moves past them. It then reads
-        at most ``limit`` times ``PULL_SCAN_FACTOR`` feed rows, so a page may
-        contain no changes while ``has_more`` is true.
+        at most ``limit`` times ``PULL_SCAN_FACTOR`` feed rows, plus one to set
+        ``has_more``, so a page may contain no changes while ``has_more`` is true.
         """
 
 
