@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 from localsync.crash_points import crash_point
@@ -28,14 +30,17 @@ from localsync.sync.remote import (
 )
 from localsync.sync.views import (
     AssignmentIds,
+    PendingOp,
     RegisterKey,
     RegisterValue,
     effective_value,
     hlc_time,
     newest_pending,
+    pending_ops_of,
     refresh_registers,
     remote_values,
-    store_remote_value,
+    same_write,
+    store_remote_values,
     write_value,
 )
 
@@ -94,12 +99,22 @@ def merge_clock(
     """
     conn = replica.conn
     clock = load_clock(conn, replica.replica_id)
+    texts: set[str] = set()
     for text in (exchange.server_hlc, *hlcs):
-        if text:
-            try:
-                clock.receive(Timestamp.parse(text))
-            except ValueError:
-                logger.warning("ignored invalid HLC %r from the remote", text)
+        if isinstance(text, str):
+            if text:
+                texts.add(text)
+        elif text is not None:
+            logger.warning("ignored invalid HLC %r from the remote", text)
+    # Receiving is a max, and HLC strings sort in HLC order, so the newest valid one
+    # is enough. Invalid strings that sort below it go unnoticed.
+    for text in sorted(texts, reverse=True):
+        try:
+            clock.receive(Timestamp.parse(text))
+        except ValueError:
+            logger.warning("ignored invalid HLC %r from the remote", text)
+            continue
+        break
     save_clock(conn, clock)
     offset = exchange.offset_ms
     if offset is not None:
@@ -112,46 +127,111 @@ def merge_clock(
 def apply_push_results(
     replica: Replica, ops: list[PushOp], response: PushResponse
 ) -> PushCounts:
-    """Mark each pushed op from its result and record the winners, atomically."""
-    by_id = {op.op_id: op for op in ops}
+    """Mark each pushed op from its result and record the winners, atomically.
+
+    Only registers whose local view changes are rendered again: those of superseded
+    and rejected ops, and those where the write the view shows changes (a
+    restamped op, or a creator the remote filled in, for example). An applied op
+    that is still the newest local write of its register leaves the item as it is.
+    """
     counts = PushCounts(pushed=len(ops), batches=1)
-    touched: set[RegisterKey] = set()
+    marked = _sent_results(ops, response.results)
     pushed_at = now_ms()
     with replica.transaction():
-        for result in response.results:
-            op = by_id.get(result.op_id)
-            if op is None:
-                logger.warning(
-                    "push result for op %s that was not sent; ignored", result.op_id
-                )
-                continue
-            key = (op.item_id, op.task_id)
-            # An applied op that was pending and newer than the known remote value
-            # is what the local view shows already (or a newer pending op is), so
-            # only the other results need the view rewritten.
-            known = remote_values(replica.conn, [op.item_id]).get(key)
-            was_pending = _mark_op(replica, op, result, pushed_at)
-            if not (result.outcome == "applied" and was_pending) or (
-                known is not None and known.hlc > op.hlc
-            ):
-                touched.add(key)
-            setattr(counts, result.outcome, getattr(counts, result.outcome) + 1)
-            counts.restamped += result.restamped
-            if result.winner is not None:
-                store_remote_value(
-                    replica.conn,
-                    key,
-                    RegisterValue(
-                        result.winner.status,
-                        result.winner.hlc,
-                        result.winner.creator,
-                        hlc_time(result.winner.hlc),
-                    ),
-                )
+        conn = replica.conn
+        item_ids = {op.item_id for op, _ in marked}
+        remote = remote_values(conn, item_ids)
+        pending = pending_ops_of(conn, item_ids)
+        shown_before = _shown_values(remote, pending)
+
+        _warn_not_pending(conn, marked, pending)
+        _mark_ops(conn, marked, pushed_at)
+        winners = list(_winners(marked))
+        store_remote_values(conn, winners)
+
+        for key, value in winners:
+            remote[key] = _newer_remote(remote.get(key), value)
+        marked_ids = {op.op_id for op, _ in marked}
+        for key, register_ops in pending.items():
+            pending[key] = [op for op in register_ops if op.op_id not in marked_ids]
+        shown_after = _shown_values(remote, pending)
+        touched = {
+            (op.item_id, op.task_id)
+            for op, result in marked
+            if result.outcome != "applied"
+        }
+        touched.update(
+            key
+            for key in shown_before.keys() | shown_after.keys()
+            if not same_write(shown_before.get(key), shown_after.get(key))
+        )
         refresh_registers(replica, touched)
         merge_clock(replica, response.exchange, _result_hlcs(response.results))
         crash_point("push-results-marking")
+
+    for _, result in marked:
+        setattr(counts, result.outcome, getattr(counts, result.outcome) + 1)
+        counts.restamped += result.restamped
     return counts
+
+
+def _sent_results(
+    ops: list[PushOp], results: list[PushResult]
+) -> list[tuple[PushOp, PushResult]]:
+    """Pair each result with its op, dropping results for ops this batch lacks."""
+    by_id = {op.op_id: op for op in ops}
+    pairs: list[tuple[PushOp, PushResult]] = []
+    for result in results:
+        op = by_id.get(result.op_id)
+        if op is None:
+            logger.warning(
+                "push result for op %s that was not sent; ignored", result.op_id
+            )
+            continue
+        pairs.append((op, result))
+    return pairs
+
+
+def _shown_values(
+    remote: dict[RegisterKey, RegisterValue],
+    pending: dict[RegisterKey, list[PendingOp]],
+) -> dict[RegisterKey, RegisterValue | None]:
+    """Return the value the local view shows for each register with any value."""
+    newest = {key: ops[-1].value for key, ops in pending.items() if ops}
+    return {
+        key: effective_value(remote.get(key), newest.get(key))
+        for key in remote.keys() | newest.keys()
+    }
+
+
+def _newer_remote(known: RegisterValue | None, stored: RegisterValue) -> RegisterValue:
+    """Return what ``store_remote_values`` keeps: the stored value unless older."""
+    if known is not None and stored.hlc < known.hlc:
+        return known
+    return stored
+
+
+def _winners(
+    marked: list[tuple[PushOp, PushResult]],
+) -> Iterator[tuple[RegisterKey, RegisterValue]]:
+    """Yield the remote value each result reports for its register, in order.
+
+    An applied op without a winner in its result is itself the remote value, so the
+    replica learns it from the push and does not rely on pulling it back.
+    """
+    for op, result in marked:
+        key = (op.item_id, op.task_id)
+        winner = result.winner
+        if winner is not None:
+            yield (
+                key,
+                RegisterValue(
+                    winner.status, winner.hlc, winner.creator, hlc_time(winner.hlc)
+                ),
+            )
+        elif result.outcome == "applied":
+            hlc = result.hlc or op.hlc
+            yield key, RegisterValue(op.status, hlc, op.creator, hlc_time(hlc))
 
 
 def _result_hlcs(results: list[PushResult]) -> list[str | None]:
@@ -163,48 +243,72 @@ def _result_hlcs(results: list[PushResult]) -> list[str | None]:
     return hlcs
 
 
-def _mark_op(replica: Replica, op: PushOp, result: PushResult, pushed_at: int) -> bool:
-    """Store the op's result; return whether the op was still pending locally."""
-    conn = replica.conn
-    state = conn.execute(
-        "SELECT state FROM journal WHERE op_id = ?", (op.op_id,)
-    ).fetchone()
-    if state is not None and state[0] != "pending":
+def _warn_not_pending(
+    conn: sqlite3.Connection,
+    marked: list[tuple[PushOp, PushResult]],
+    pending: dict[RegisterKey, list[PendingOp]],
+) -> None:
+    """Log each op that was no longer pending locally when its result came."""
+    pending_ids = {op.op_id for ops in pending.values() for op in ops}
+    others = {op.op_id: result for op, result in marked if op.op_id not in pending_ids}
+    if not others:
+        return
+    rows = conn.execute(
+        "SELECT op_id, state FROM journal"
+        " WHERE op_id IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(others)),),
+    )
+    for op_id, state in rows:
         # The user dropped it while it was on its way, but the remote's result is
         # what happened.
         logger.warning(
             "op %s was %s locally but the remote %s it",
-            op.op_id,
-            state[0],
-            result.outcome,
+            op_id,
+            state,
+            others[op_id].outcome,
         )
-    reason = result.reason if result.outcome == "rejected" else None
-    conn.execute(
+
+
+def _mark_ops(
+    conn: sqlite3.Connection, marked: list[tuple[PushOp, PushResult]], pushed_at: int
+) -> None:
+    """Store each op's result, and a conflict row for each superseded op."""
+    conn.executemany(
         "UPDATE journal SET state = ?, reason = COALESCE(?, reason), result = ?,"
         " pushed_at = ? WHERE op_id = ?",
-        (result.outcome, reason, json.dumps(result.raw), pushed_at, op.op_id),
+        [
+            (
+                result.outcome,
+                result.reason if result.outcome == "rejected" else None,
+                json.dumps(result.raw),
+                pushed_at,
+                op.op_id,
+            )
+            for op, result in marked
+        ],
     )
-    if result.outcome == "superseded" and result.winner is not None:
-        winner = result.winner
-        conn.execute(
-            "INSERT OR IGNORE INTO conflicts (op_id, item_id, task_id, local_status,"
-            " local_hlc, winner_status, winner_hlc, winner_creator, winner_source,"
-            " winner_replica_id, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    conn.executemany(
+        "INSERT OR IGNORE INTO conflicts (op_id, item_id, task_id, local_status,"
+        " local_hlc, winner_status, winner_hlc, winner_creator, winner_source,"
+        " winner_replica_id, detected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
             (
                 op.op_id,
                 op.item_id,
                 op.task_id,
                 op.status,
                 result.hlc or op.hlc,
-                winner.status,
-                winner.hlc,
-                winner.creator,
-                winner.source,
-                winner.replica_id,
+                result.winner.status,
+                result.winner.hlc,
+                result.winner.creator,
+                result.winner.source,
+                result.winner.replica_id,
                 pushed_at,
-            ),
-        )
-    return state is not None and state[0] == "pending"
+            )
+            for op, result in marked
+            if result.outcome == "superseded" and result.winner is not None
+        ],
+    )
 
 
 # Pulled pages
@@ -318,32 +422,68 @@ def _apply_items(replica: Replica, changes: list[Change], counts: PullCounts) ->
 def _apply_registers(
     replica: Replica, changes: list[Change], counts: PullCounts
 ) -> None:
-    """Store pulled register values, then rewrite the local view of those registers."""
-    keys: list[RegisterKey] = []
+    """Store pulled register values, then render again the registers they changed.
+
+    A pulled value equal to the known remote value (the replica's own push result
+    coming back, for example) changes nothing, so its item is not loaded.
+    """
+    conn = replica.conn
+    writes: list[tuple[RegisterKey, RegisterValue | None]] = []
     for change in changes:
         data = change.data or {}
-        item_id, task_id = data.get("itemId"), data.get("taskId")
-        if not isinstance(item_id, str) or not isinstance(task_id, str):
-            item_id, _, task_id = change.id.partition(":")
-        key = (item_id, task_id)
+        key = _register_key(change, data)
         if change.deleted:
-            replica.conn.execute(
-                "DELETE FROM remote_registers WHERE item_id = ? AND task_id = ?", key
-            )
+            writes.append((key, None))
         elif isinstance(data.get("hlc"), str):
-            value = RegisterValue(
+            pulled = RegisterValue(
                 data.get("status"),
                 data["hlc"],
                 data.get("creator"),
                 data.get("timestamp") or hlc_time(data["hlc"]),
             )
-            store_remote_value(replica.conn, key, value)
+            writes.append((key, pulled))
         else:
             logger.warning("register change %d has no HLC; skipped", change.seq)
-            continue
-        keys.append(key)
     counts.registers += len(changes)
-    refresh_registers(replica, keys)
+
+    known: dict[RegisterKey, RegisterValue | None] = dict(
+        remote_values(conn, {key[0] for key, _ in writes})
+    )
+    changed: set[RegisterKey] = set()
+    for key, value in writes:
+        before = known.get(key)
+        after: RegisterValue | None = None
+        if value is not None:
+            after = _newer_remote(before, value)
+        if after != before:
+            changed.add(key)
+        known[key] = after
+    _store_register_writes(conn, writes)
+    refresh_registers(replica, changed)
+
+
+def _register_key(change: Change, data: dict[str, Any]) -> RegisterKey:
+    item_id, task_id = data.get("itemId"), data.get("taskId")
+    if isinstance(item_id, str) and isinstance(task_id, str):
+        return item_id, task_id
+    item_id, _, task_id = change.id.partition(":")
+    return item_id, task_id
+
+
+def _store_register_writes(
+    conn: sqlite3.Connection, writes: list[tuple[RegisterKey, RegisterValue | None]]
+) -> None:
+    """Store pulled register values (``None`` deletes), in feed order."""
+    for deleted, run in groupby(writes, key=lambda write: write[1] is None):
+        if deleted:
+            conn.executemany(
+                "DELETE FROM remote_registers WHERE item_id = ? AND task_id = ?",
+                [key for key, _ in run],
+            )
+        else:
+            store_remote_values(
+                conn, [(key, value) for key, value in run if value is not None]
+            )
 
 
 def _apply_tombstone(replica: Replica, change: Change, counts: PullCounts) -> None:
