@@ -153,6 +153,12 @@ class SyncEngine:
             except SeqConflict as exc:
                 self._check_recovery(recovery, exc)
                 report.new_replica_id, _ = take_new_replica_id(self.replica)
+                # Pulls under the old id left out the registers that id wrote last,
+                # and another copy of this file may have written some of them. The
+                # next pull starts again from cursor 0 to learn those values.
+                # NOTE: a copy that never pushes never gets this conflict, so it
+                # keeps missing the other copy's writes to registers.
+                self.replica.set_setting("cursor", 0)
         report.push.add(counts)
         logger.info(
             "sync round %d (push): %d ops pushed, %d applied, %d superseded, "

@@ -13,6 +13,7 @@ from localsync.crash_points import crash_point
 from localsync.errors import SyncError
 from localsync.store import Replica
 from localsync.sync.apply import PullCounts, apply_page
+from localsync.sync.push import own_results_recorded
 from localsync.sync.remote import PullPage, Remote
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,18 @@ def pull_changes(
             "'localsync clone' first"
         )
     counts = PullCounts()
+    from_start = int(replica.setting("cursor") or 0) == 0
     while True:
         wipe_epoch = replica.setting(REFETCH_EPOCH)
         wipe = wipe_epoch is not None
         cursor = 0 if wipe else int(replica.setting("cursor") or 0)
         epoch = (wipe_epoch or None) if wipe else replica.setting("epoch")
         page = remote.pull(
-            dataset_id=dataset_id, cursor=cursor, limit=limit, epoch=epoch
+            dataset_id=dataset_id,
+            cursor=cursor,
+            limit=limit,
+            epoch=epoch,
+            replica_id=_own_writes_filter(replica, wipe or from_start),
         )
         with replica.transaction():
             page_counts = apply_page(replica, page, wipe=wipe)
@@ -70,3 +76,17 @@ def pull_changes(
             raise SyncError(
                 f"Remote reported more changes after cursor {cursor} but sent none"
             )
+
+
+def _own_writes_filter(replica: Replica, full: bool) -> str | None:
+    """Return the replica id for the remote to leave out its own writes, or ``None``.
+
+    A pull that started from cursor 0, or a re-fetch under a new epoch, must learn
+    every register value, the replica's own included. Otherwise the replica has the
+    values it wrote from its push results, unless a sent op lacks one.
+    """
+    if full or replica.setting(REFETCH_RUNNING) is not None:
+        return None
+    if not own_results_recorded(replica):
+        return None
+    return replica.replica_id

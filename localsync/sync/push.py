@@ -7,10 +7,16 @@ import logging
 from localsync.crash_points import crash_point
 from localsync.errors import SyncError
 from localsync.store import Replica
+from localsync.store.settings import set_setting
 from localsync.sync.apply import PushCounts, apply_push_results
 from localsync.sync.remote import DEFAULT_MAX_BATCH, BatchTooLarge, PushOp, Remote
 
 logger = logging.getLogger(__name__)
+
+# The highest seq the replica has sent in a push, as "<replica id>:<seq>". It is
+# stored before the request goes out, so an op the remote may have applied without
+# the replica reading its result is never above it.
+PUSH_SENT_SEQ = "push_sent_seq"
 
 
 def pending_ops(
@@ -26,6 +32,51 @@ def pending_ops(
         sql += " LIMIT ?"
         params.append(limit)
     return [PushOp(*row) for row in replica.conn.execute(sql, params).fetchall()]
+
+
+def record_sent(replica: Replica, seq: int) -> None:
+    """Store that ops up to ``seq`` are about to be sent, before sending them."""
+    with replica.transaction() as conn:
+        sent = sent_seq(replica)
+        if sent is None or seq > sent:
+            set_setting(conn, PUSH_SENT_SEQ, f"{replica.replica_id}:{seq}")
+
+
+def sent_seq(replica: Replica) -> int | None:
+    """Return the highest seq sent under the current replica id, if any."""
+    value = replica.setting(PUSH_SENT_SEQ)
+    if value is None:
+        return None
+    replica_id, _, seq = value.partition(":")
+    if replica_id != replica.replica_id or not seq.isdigit():
+        return None
+    return int(seq)
+
+
+def own_results_recorded(replica: Replica) -> bool:
+    """Return whether every op this replica sent has its push result recorded.
+
+    Only then has the replica stored the remote value of every register it wrote,
+    so a pull may leave out the registers this replica wrote last. A sent op
+    without a result may still be pending, and the next push then returns its
+    result. It may also have been dropped while its push was unanswered. In both
+    cases the remote may store its value, and only a pull without the replica id
+    shows it.
+
+    NOTE: an op dropped that way keeps its result empty, so every later pull of
+    this replica id brings back the replica's own writes (slower, still correct).
+    """
+    sent = sent_seq(replica)
+    if sent is None:
+        return True
+    # The unary plus makes SQLite use the state index, which finds the few pending
+    # and dropped ops, rather than walk every op of the replica by seq.
+    row = replica.conn.execute(
+        "SELECT 1 FROM journal WHERE state IN ('pending', 'dropped')"
+        " AND +replica_id = ? AND +seq <= ? AND result IS NULL LIMIT 1",
+        (replica.replica_id, sent),
+    ).fetchone()
+    return row is None
 
 
 def pending_count(replica: Replica) -> int:
@@ -56,6 +107,7 @@ def push_pending(
         ops = pending_ops(replica, limit=size, after_seq=after_seq)
         if not ops:
             return counts
+        record_sent(replica, ops[-1].seq)
         try:
             response = remote.push(
                 replica_id=replica.replica_id,

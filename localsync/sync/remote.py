@@ -176,9 +176,20 @@ class Remote(ABC):
 
     @abstractmethod
     def pull(
-        self, *, dataset_id: str, cursor: int, limit: int, epoch: str | None
+        self,
+        *,
+        dataset_id: str,
+        cursor: int,
+        limit: int,
+        epoch: str | None,
+        replica_id: str | None = None,
     ) -> PullPage:
-        """Return the changes after ``cursor``; raise ``EpochMismatch`` if stale."""
+        """Return the changes after ``cursor``; raise ``EpochMismatch`` if stale.
+
+        With ``replica_id`` the remote may leave out register changes whose current
+        value that replica wrote (the cursor still moves past them). A remote that
+        does not support this sends them, which costs time but changes nothing.
+        """
 
     @abstractmethod
     def project_by_name(self, name: str) -> JSON: ...
@@ -326,7 +337,13 @@ class LocalsyncRemote(Remote):
         return PushResponse(exchange=exchange, max_batch=max_batch, results=results)
 
     def pull(
-        self, *, dataset_id: str, cursor: int, limit: int, epoch: str | None
+        self,
+        *,
+        dataset_id: str,
+        cursor: int,
+        limit: int,
+        epoch: str | None,
+        replica_id: str | None = None,
     ) -> PullPage:
         params: dict[str, str | int] = {
             "dataset": dataset_id,
@@ -335,6 +352,8 @@ class LocalsyncRemote(Remote):
         }
         if epoch:
             params["epoch"] = epoch
+        if replica_id:
+            params["replica"] = replica_id
         response, sent_ms, received_ms = self._timed("GET", "/sync/pull", params=params)
         data = _json_object(response, "pull")
         next_cursor = data.get("cursor")
