@@ -1,18 +1,20 @@
 """The journal: appending status ops and applying them to the local view.
 
 One call of :func:`append_status_ops` journals one op per target item and rewrites
-those items' refs in a single transaction. SQLite does the JSON edits itself, so
-100,000 items cost one transaction and no Python JSON round trip per item.
+those items' refs in a single transaction. A first query describes each target's
+refs, then ``json_set`` on the refs' concrete positions rewrites the items, one
+``executemany`` per position pattern, so no item goes through Python's JSON.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from localsync.hlc import Clock, Timestamp
 from localsync.statuses import iso_timestamp
@@ -21,53 +23,41 @@ from localsync.store.settings import get_setting, set_setting
 
 OP_STATES = ("pending", "applied", "superseded", "rejected", "dropped")
 
-# Per target: whether the item exists, and the task ref's status wrapped in a
-# one-element JSON array (NULL when the item has no ref of the task), so a single
-# pass over the refs separates "no ref" from "ref without a status".
-_REF_STATUS_SQL = """
-SELECT t.item_id,
-       i.id IS NOT NULL,
-       (SELECT json_array(json_extract(r.value, '$.metadata.status'))
-          FROM json_each(i.json, '$.metadata.system.refs') AS r
-         WHERE json_extract(r.value, '$.id') = :task_id LIMIT 1)
-  FROM temp.status_targets AS t LEFT JOIN items AS i ON i.id = t.item_id
- ORDER BY t.position
+# Per target: the item's rowid (NULL when the item is missing) and a description of
+# its refs, one entry per ref: [position, is the task's ref, is the task's or an
+# assignment's ref, JSON type of its metadata, its metadata.status]. The targets
+# arrive sorted by id, so the lookups walk the id index in order.
+_DESCRIBE_REFS_SQL = """
+SELECT t.value, i.rowid, (
+    SELECT json_group_array(json_array(
+               r.key,
+               json_extract(r.value, '$.id') = :task_id,
+               json_extract(r.value, '$.id') IN ({ref_ids}),
+               json_type(r.value, '$.metadata'),
+               json_extract(r.value, '$.metadata.status')))
+      FROM json_each(i.json, '$.metadata.system.refs') AS r)
+  FROM json_each(:item_ids) AS t LEFT JOIN items AS i ON i.id = t.value
 """
 
-# Rewrite every ref whose id is the task's or one of its assignments', and
-# recompute annotationStatus from the new refs, in one pass over the items. A
-# subquery result loses SQLite's JSON subtype, hence the json() around values.
-_SET_REFS_SQL = """
-WITH new_refs AS (
-    SELECT items.id AS item_id, (
-        SELECT json_group_array(json(CASE
-            WHEN json_extract(r.value, '$.id') NOT IN ({ref_ids})
-                THEN r.value
-            WHEN :status IS NULL
-                THEN json_remove(r.value, '$.metadata.status',
-                                 '$.metadata.creator', '$.metadata.timestamp')
-            WHEN json_type(r.value, '$.metadata') = 'object'
-                THEN json_set(r.value, '$.metadata.status', :status,
-                              '$.metadata.creator', :creator,
-                              '$.metadata.timestamp', :timestamp)
-            ELSE json_set(r.value, '$.metadata', json_object('status', :status,
-                          'creator', :creator, 'timestamp', :timestamp))
-            END))
-          FROM json_each(items.json, '$.metadata.system.refs') AS r) AS refs
-      FROM items
-     WHERE items.id IN (SELECT item_id FROM temp.status_targets WHERE in_task)
-)
-UPDATE items SET json = json_set(
-    json,
-    '$.metadata.system.refs', json(new_refs.refs),
-    '$.metadata.system.annotationStatus', json((
-        SELECT json_group_array(status) FROM (
-            SELECT DISTINCT json_extract(r.value, '$.metadata.status') AS status
-              FROM json_each(new_refs.refs) AS r
-             WHERE status IS NOT NULL ORDER BY status))))
-  FROM new_refs
- WHERE items.id = new_refs.item_id
+# An item's annotationStatus after the call: the distinct statuses of the refs the
+# call leaves alone, plus the new status, in SQLite's ORDER BY order. It runs once
+# per distinct refs description, not once per item.
+_ANNOTATION_STATUS_SQL = """
+SELECT json_group_array(status) FROM (
+    SELECT DISTINCT status FROM (
+        SELECT json_extract(d.value, '$[4]') AS status
+          FROM json_each(:refs) AS d
+         WHERE json_extract(d.value, '$[2]') IS NOT 1
+        UNION ALL SELECT :status)
+     WHERE status IS NOT NULL
+     ORDER BY status)
 """
+
+_REFS_PATH = "$.metadata.system.refs"
+_STAMP_KEYS = ("status", "creator", "timestamp")
+# UUIDv7: 48 bits of Unix time in ms, version 7, 12 bits, variant 0b10, 62 bits.
+_OP_ID_COUNTER_BITS = 74
+_LOW_BITS = 62
 
 
 @dataclass
@@ -130,6 +120,21 @@ def next_seq(conn: sqlite3.Connection, replica_id: str) -> int:
     return int(row[0])
 
 
+@dataclass(frozen=True)
+class _RefsPlan:
+    """A status call's plan for the items that share one refs description.
+
+    ``current`` is the status on the task's first ref. ``rewrites`` lists, per ref
+    of the task or one of its assignments, its position and whether its metadata
+    is a JSON object. ``annotation_status`` is the new annotationStatus, as JSON.
+    """
+
+    in_task: bool
+    current: Any = None
+    rewrites: tuple[tuple[int, bool], ...] = ()
+    annotation_status: str = "[]"
+
+
 def append_status_ops(
     conn: sqlite3.Connection,
     *,
@@ -145,53 +150,127 @@ def append_status_ops(
 
     An item listed twice gets one op. Items missing from the replica or not in the
     task are skipped and counted, not raised: callers that act on a single item
-    decide whether that is an error.
+    decide whether that is an error. The result lists items in the order given,
+    but the ops are journaled in item id order, which keeps the journal's
+    ``(item_id, task_id, hlc)`` index inserts close together.
     """
     result = StatusResult(task_id=task_id, status=status)
+    targets = list(dict.fromkeys(item_ids))
+    ref_ids = [task_id, *assignment_ids]
     with write_transaction(conn):
-        _load_targets(conn, item_ids)
-        rows = conn.execute(_REF_STATUS_SQL, {"task_id": task_id}).fetchall()
-        in_task = _classify(rows, status, result)
-        if in_task:
+        described = _describe_refs(conn, targets, task_id, ref_ids)
+        planner = _RefsPlanner(conn, status)
+        updates = _classify(targets, described, planner, result)
+        if updates:
             _journal(
                 conn,
                 result,
-                in_task,
+                sorted(updates),
                 replica_id=replica_id,
                 task_id=task_id,
                 status=status,
                 creator=creator,
                 origin_op_id=origin_op_id,
             )
-            _rewrite_refs(conn, in_task, task_id, assignment_ids, status, creator)
-        conn.execute("DELETE FROM temp.status_targets")
+            _rewrite_refs(conn, updates.values(), status, creator)
     return result
 
 
-def _load_targets(conn: sqlite3.Connection, item_ids: Iterable[str]) -> None:
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS status_targets ("
-        " item_id TEXT PRIMARY KEY, position INTEGER, in_task INTEGER DEFAULT 0)"
-    )
-    conn.execute("DELETE FROM temp.status_targets")
-    conn.executemany(
-        "INSERT OR IGNORE INTO temp.status_targets (item_id, position) VALUES (?, ?)",
-        ((item_id, position) for position, item_id in enumerate(item_ids)),
-    )
+def _describe_refs(
+    conn: sqlite3.Connection,
+    targets: list[str],
+    task_id: str,
+    ref_ids: list[str],
+) -> dict[str, tuple[int | None, str]]:
+    """Return each target's rowid (``None`` when missing) and refs description."""
+    params: dict[str, str] = {
+        f"ref{number}": ref_id for number, ref_id in enumerate(ref_ids)
+    }
+    params.update(task_id=task_id, item_ids=json.dumps(sorted(targets, key=str)))
+    placeholders = ", ".join(f":ref{number}" for number in range(len(ref_ids)))
+    rows = conn.execute(_DESCRIBE_REFS_SQL.format(ref_ids=placeholders), params)
+    return {item_id: (rowid, refs) for item_id, rowid, refs in rows}
 
 
-def _classify(rows: list, status: str | None, result: StatusResult) -> list[str]:
-    in_task = []
-    for item_id, present, wrapped_status in rows:
-        if not present:
+class _RefsPlanner:
+    """Turn refs descriptions into plans, parsing each distinct description once.
+
+    Items with the same ref positions and statuses share a description, so for a
+    typical task this costs a dictionary lookup per item.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, status: str | None) -> None:
+        self._conn = conn
+        self._status = status
+        self._plans: dict[str, _RefsPlan] = {}
+
+    def plan(self, description: str) -> _RefsPlan:
+        plan = self._plans.get(description)
+        if plan is None:
+            plan = self._plans[description] = self._make_plan(description)
+        return plan
+
+    def _make_plan(self, description: str) -> _RefsPlan:
+        refs = json.loads(description)
+        # json_each over a refs object yields member names: such an item has no
+        # list of refs, so it is in no task.
+        task_refs = [ref for ref in refs if ref[1] == 1 and isinstance(ref[0], int)]
+        if not task_refs:
+            return _RefsPlan(in_task=False)
+        rewrites = tuple(
+            (position, metadata_type == "object")
+            for position, _, is_target, metadata_type, _ in refs
+            if is_target == 1
+        )
+        (annotation_status,) = self._conn.execute(
+            _ANNOTATION_STATUS_SQL, {"refs": description, "status": self._status}
+        ).fetchone()
+        return _RefsPlan(
+            in_task=True,
+            current=task_refs[0][4],
+            rewrites=rewrites,
+            annotation_status=annotation_status,
+        )
+
+
+def _classify(
+    targets: list[str],
+    described: dict[str, tuple[int | None, str]],
+    planner: _RefsPlanner,
+    result: StatusResult,
+) -> dict[str, tuple[int, _RefsPlan]]:
+    """Sort targets into changed, re-asserted and skipped, and return the rewrites."""
+    updates = {}
+    for item_id in targets:
+        rowid, description = described.get(item_id, (None, "[]"))
+        if rowid is None:
             result.skipped[item_id] = "item not found"
-        elif wrapped_status is None:
+            continue
+        plan = planner.plan(description)
+        if not plan.in_task:
             result.skipped[item_id] = f"item is not in task {result.task_id}"
-        else:
-            current = json.loads(wrapped_status)[0]
-            in_task.append(item_id)
-            (result.reasserted if current == status else result.changed).append(item_id)
-    return in_task
+            continue
+        updates[item_id] = (rowid, plan)
+        unchanged = plan.current == result.status
+        (result.reasserted if unchanged else result.changed).append(item_id)
+    return updates
+
+
+def new_op_ids(count: int) -> list[str]:
+    """Return ``count`` new op ids in ascending order, as 32 hex digits of a UUIDv7.
+
+    The first 12 digits are the Unix time in ms, so later ops get larger ids and
+    the journal's ``op_id`` index grows at its end, not at random places. The ids
+    of one call count up from a random 74-bit start, which keeps them unique.
+    """
+    wall_ms = time.time_ns() // 1_000_000
+    start = secrets.randbelow(2**_OP_ID_COUNTER_BITS - count)
+    low_mask = 2**_LOW_BITS - 1
+    prefix = (wall_ms << 80) | (0x7 << 76) | (0b10 << _LOW_BITS)
+    return [
+        f"{prefix | ((counter >> _LOW_BITS) << 64) | (counter & low_mask):032x}"
+        for counter in range(start, start + count)
+    ]
 
 
 def _journal(
@@ -208,24 +287,23 @@ def _journal(
     clock = load_clock(conn, replica_id)
     seq = next_seq(conn, replica_id)
     now_ms = time.time_ns() // 1_000_000
-    rows = []
-    for offset, item_id in enumerate(item_ids):
-        op_id = uuid.uuid4().hex
-        result.op_ids.append(op_id)
-        rows.append(
-            (
-                op_id,
-                replica_id,
-                seq + offset,
-                item_id,
-                task_id,
-                status,
-                str(clock.send()),
-                creator,
-                origin_op_id,
-                now_ms,
-            )
+    op_ids = new_op_ids(len(item_ids))
+    result.op_ids.extend(op_ids)
+    rows = [
+        (
+            op_id,
+            replica_id,
+            seq + offset,
+            item_id,
+            task_id,
+            status,
+            str(clock.send()),
+            creator,
+            origin_op_id,
+            now_ms,
         )
+        for offset, (op_id, item_id) in enumerate(zip(op_ids, item_ids, strict=True))
+    ]
     conn.executemany(
         "INSERT INTO journal (op_id, replica_id, seq, item_id, task_id, status, hlc,"
         " creator, origin_op_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -236,23 +314,68 @@ def _journal(
 
 def _rewrite_refs(
     conn: sqlite3.Connection,
-    item_ids: list[str],
-    task_id: str,
-    assignment_ids: Sequence[str],
+    updates: Iterable[tuple[int, _RefsPlan]],
     status: str | None,
     creator: str | None,
 ) -> None:
-    conn.executemany(
-        "UPDATE temp.status_targets SET in_task = 1 WHERE item_id = ?",
-        ((item_id,) for item_id in item_ids),
+    """Rewrite the planned refs, one ``executemany`` per position pattern.
+
+    Each pattern's items are updated in rowid order, so the writes walk the items
+    table from start to end and change each page in one visit.
+    """
+    by_pattern: dict[tuple[tuple[int, bool], ...], list[tuple[int, str]]] = {}
+    for rowid, plan in updates:
+        by_pattern.setdefault(plan.rewrites, []).append((rowid, plan.annotation_status))
+    timestamp = iso_timestamp()
+    for rewrites, rows in by_pattern.items():
+        rows.sort()
+        conn.executemany(
+            _update_sql(rewrites, clearing=status is None),
+            (
+                (status, creator, timestamp, annotation_status, rowid)
+                for rowid, annotation_status in rows
+            ),
+        )
+
+
+def _update_sql(rewrites: tuple[tuple[int, bool], ...], *, clearing: bool) -> str:
+    """Return the UPDATE statement for one pattern of ref positions.
+
+    Its parameters ?1 to ?5 are the status, creator, timestamp, annotationStatus
+    as JSON, and the item's rowid. Setting writes the three stamp keys into a
+    metadata object, or replaces any other metadata with a new object. Clearing
+    removes the keys from a metadata object and leaves other metadata as it is.
+    """
+    paths = [f"'{_REFS_PATH}[{position:d}].metadata" for position, _ in rewrites]
+    if clearing:
+        removed = [
+            f"{path}.{key}'"
+            for path, (_, is_object) in zip(paths, rewrites, strict=True)
+            if is_object
+            for key in _STAMP_KEYS
+        ]
+        edited = f"json_remove(json, {', '.join(removed)})" if removed else "json"
+        edits = []
+    else:
+        edited = "json"
+        edits = [
+            _stamp_edit(path, is_object)
+            for path, (_, is_object) in zip(paths, rewrites, strict=True)
+        ]
+    edits.append("'$.metadata.system.annotationStatus', json(?4)")
+    return (
+        f"UPDATE items SET json = json_set({edited}, {', '.join(edits)})"
+        " WHERE rowid = ?5"
     )
-    ref_ids = [task_id, *assignment_ids]
-    params: dict[str, str | None] = {
-        f"ref{number}": ref_id for number, ref_id in enumerate(ref_ids)
-    }
-    params.update(status=status, creator=creator, timestamp=iso_timestamp())
-    placeholders = ", ".join(f":ref{number}" for number in range(len(ref_ids)))
-    conn.execute(_SET_REFS_SQL.format(ref_ids=placeholders), params)
+
+
+def _stamp_edit(path: str, is_object: bool) -> str:
+    if is_object:
+        return ", ".join(
+            f"{path}.{key}', ?{number}"
+            for number, key in enumerate(_STAMP_KEYS, start=1)
+        )
+    return f"{path}', json_object('status', ?1, 'creator', ?2, 'timestamp', ?3)"
 
 
 def mark_ops(
