@@ -2,8 +2,10 @@
 
 The floor journals the same rows with one ``executemany`` and rewrites the same item
 JSON with ``json_set`` on fixed ref positions, in one transaction, with the replica's
-SQLite settings (WAL, ``synchronous=FULL``). It relies on every benchmark item having
-exactly two refs with the task's first, where localsync has to search the refs.
+SQLite settings (WAL, ``synchronous=FULL``) and localsync's time-ordered op ids. It
+relies on every benchmark item having exactly two refs with the task's first, where
+localsync has to search the refs. It takes the items in the order given, so it does
+not sort them as localsync does.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import random
 import secrets
 import sqlite3
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bench_lib.timing import timed
 from localsync.hlc import COUNTER_DIGITS, WALL_DIGITS
 from localsync.statuses import iso_timestamp
 from localsync.store import Replica
+from localsync.store.journal import new_op_ids
 
 MAX_ITEMS = 100_000
 STATUS_CYCLE = ("approved", "discard")
@@ -70,6 +72,7 @@ def floor_set_status(
     node = secrets.token_hex(16)
     wall_ms = time.time_ns() // 1_000_000
     timestamp = iso_timestamp()
+    op_ids = new_op_ids(len(item_ids))
 
     conn.execute("BEGIN IMMEDIATE")
     seq = conn.execute(
@@ -79,7 +82,7 @@ def floor_set_status(
         _FLOOR_JOURNAL_SQL,
         (
             (
-                uuid.uuid4().hex,
+                op_id,
                 node,
                 seq + offset,
                 item_id,
@@ -90,7 +93,9 @@ def floor_set_status(
                 None,
                 wall_ms,
             )
-            for offset, item_id in enumerate(item_ids)
+            for offset, (op_id, item_id) in enumerate(
+                zip(op_ids, item_ids, strict=True)
+            )
         ),
     )
     conn.executemany(
