@@ -331,7 +331,7 @@ def test_label_join_matches_evaluator(items, notes, label_filter, extra):
     event("matched some" if total else "matched none")
     event("foreign annotations" if any(n[2] != "D1" for n in notes) else "own only")
 
-    # A fresh database per example, so that it holds foreign annotations only
+    # A fresh database per example, so that it contains foreign annotations only
     # when this example has some.
     conn = sqlite3.connect(":memory:")
     try:
