@@ -29,8 +29,7 @@ STEPS = (
     "pull-cursor-saved",
     # Replica: a page and its cursor committed, before the next page is requested.
     "pull-page-committed",
-    # Server: half of a push batch applied, before the commit.
-    # NOTE: only the SQLite storage has this point; PostgreSQL pushes lack it.
+    # Server: half of a push batch decided, before anything is written.
     "server-push-applying",
     # Server: a push batch committed, before the response is sent.
     "server-push-committed",

@@ -81,6 +81,7 @@ class Clock:
         offset_ms: int = 0,
         now_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        Timestamp(0, 0, node)  # Raises ValueError for a malformed node id.
         self.node = node
         self.offset_ms = offset_ms
         self._now_ms = now_ms
@@ -89,7 +90,15 @@ class Clock:
 
     @property
     def last(self) -> Timestamp:
-        return Timestamp(self._wall, self._counter, self.node)
+        if not 0 <= self._wall < 10**WALL_DIGITS:
+            raise ValueError(f"HLC wall time {self._wall!r} is out of range")
+        # The node was checked once above and the counter stays in range, so
+        # the per-field checks of Timestamp are skipped on this hot path.
+        stamp = object.__new__(Timestamp)
+        object.__setattr__(stamp, "wall_ms", self._wall)
+        object.__setattr__(stamp, "counter", self._counter)
+        object.__setattr__(stamp, "node", self.node)
+        return stamp
 
     def physical_ms(self) -> int:
         return self._now_ms() + self.offset_ms

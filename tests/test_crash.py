@@ -54,12 +54,15 @@ def write_report() -> Iterator[None]:
     tally.flush()
 
 
-def write_ops(world: World, replica: Replica, count: int) -> None:
-    """Journal ``count`` ops over the items, cycling through the statuses."""
+def write_ops(
+    world: World, replica: Replica, count: int, item_ids: list[str] | None = None
+) -> None:
+    """Journal ``count`` ops over the items (default all), cycling the statuses."""
+    item_ids = item_ids or world.item_ids
     written = 0
     while written < count:
-        batch = world.item_ids[: min(len(world.item_ids), count - written)]
-        status = STATUSES[(written // len(world.item_ids)) % len(STATUSES)]
+        batch = item_ids[: min(len(item_ids), count - written)]
+        status = STATUSES[(written // len(item_ids)) % len(STATUSES)]
         written += len(set_statuses(replica, world.task["id"], batch, status))
 
 
@@ -107,9 +110,10 @@ def world(tmp_path: Path) -> Iterator[World]:
 @pytest.mark.parametrize("step", CLIENT_STEPS)
 def test_sync_killed_at_step_resumes(world: World, step: str) -> None:
     replica = world.clone()
-    # Online writes on half the items give the pull pages to apply.
+    # Online writes on the half of the items that the replica leaves alone give
+    # the pull pages to apply: a pull leaves out the replica's own writes.
     world.rest_set_status(world.item_ids[ITEMS // 2 :], "discard")
-    write_ops(world, replica, OPS)
+    write_ops(world, replica, OPS, world.item_ids[: ITEMS // 2])
     path = replica.path
     replica.close()
 

@@ -92,3 +92,16 @@ def test_counter_overflow_moves_wall_on() -> None:
 def test_parse_rejects_malformed(text: object) -> None:
     with pytest.raises(ValueError, match="invalid HLC"):
         Timestamp.parse(text)  # type: ignore[arg-type]
+
+
+def test_clock_rejects_malformed_node() -> None:
+    with pytest.raises(ValueError, match="HLC node 'server'"):
+        Clock("server")
+
+
+def test_clock_stamps_equal_parsed_form() -> None:
+    clock = Clock(new_node_id(), now_ms=lambda: 1_733_400_000_000)
+    stamps = [clock.send() for _ in range(3)]
+
+    assert [Timestamp.parse(str(stamp)) for stamp in stamps] == stamps
+    assert [stamp.counter for stamp in stamps] == [0, 1, 2]

@@ -64,6 +64,7 @@ class PostgresRunner(ServerRunner):
         self.db_url = url
         self.storage = PostgresStorage(url)  # type: ignore[assignment]
         self.port = free_port()
+        self.app_options: dict[str, Any] = {}
         self._server = None
         self._thread = None
 
