@@ -46,6 +46,7 @@ from localsync.server.registers import (
     RegisterKey,
     change_json,
     document_ids,
+    history_json,
     register_json,
     scan_page,
     split_register_key,
@@ -148,24 +149,7 @@ def register_history(db: PostgresDatabase, item_id: str, task_id: str) -> list[J
             "ORDER BY id",
             (item_id, task_id),
         ).fetchall()
-    return [
-        {
-            "itemId": row["item_id"],
-            "taskId": row["task_id"],
-            "status": row["status"],
-            "hlc": row["hlc"],
-            "creator": row["creator"],
-            "timestamp": row["timestamp"],
-            "source": row["source"],
-            "user": row["user_email"],
-            "replicaId": row["replica_id"],
-            "opId": row["op_id"],
-            "outcome": row["outcome"],
-            "reason": row["reason"],
-            "restamped": row["restamped"],
-        }
-        for row in rows
-    ]
+    return [history_json(row) for row in rows]
 
 
 # REST status calls.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -296,3 +296,22 @@ def _written_by(row: FeedRow, replica_id: str | None) -> bool:
         and row.register is not None
         and row.register["replicaId"] == replica_id
     )
+
+
+def history_json(row: Mapping[str, Any]) -> JSON:
+    """Return one ``register_history`` row in the sync protocol's camelCase form."""
+    return {
+        "itemId": row["item_id"],
+        "taskId": row["task_id"],
+        "status": row["status"],
+        "hlc": row["hlc"],
+        "creator": row["creator"],
+        "timestamp": row["timestamp"],
+        "source": row["source"],
+        "user": row["user_email"],
+        "replicaId": row["replica_id"],
+        "opId": row["op_id"],
+        "outcome": row["outcome"],
+        "reason": row["reason"],
+        "restamped": bool(row["restamped"]),
+    }

@@ -29,6 +29,7 @@ from localsync.server.registers import (
     RegisterKey,
     change_json,
     document_ids,
+    history_json,
     register_json,
     scan_page,
 )
@@ -129,24 +130,7 @@ def register_history(db: SQLiteDatabase, item_id: str, task_id: str) -> list[JSO
             "ORDER BY id",
             (item_id, task_id),
         ).fetchall()
-    return [
-        {
-            "itemId": row["item_id"],
-            "taskId": row["task_id"],
-            "status": row["status"],
-            "hlc": row["hlc"],
-            "creator": row["creator"],
-            "timestamp": row["timestamp"],
-            "source": row["source"],
-            "user": row["user_email"],
-            "replicaId": row["replica_id"],
-            "opId": row["op_id"],
-            "outcome": row["outcome"],
-            "reason": row["reason"],
-            "restamped": bool(row["restamped"]),
-        }
-        for row in rows
-    ]
+    return [history_json(row) for row in rows]
 
 
 # REST status calls.
