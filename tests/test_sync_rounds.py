@@ -104,12 +104,17 @@ def known_remote(replica: Replica) -> dict[str, tuple[Any, ...]]:
 
 
 def server_registers(world: World) -> dict[str, tuple[Any, ...]]:
-    with sqlite3.connect(world.runner.db_path) as conn:
-        rows = conn.execute(
-            "SELECT item_id, status, hlc, creator FROM registers WHERE task_id = ?",
-            (world.task["id"],),
-        ).fetchall()
-    return {item_id: (status, hlc, creator) for item_id, status, hlc, creator in rows}
+    """Return the server's register of each item in the task, read from storage."""
+    registers: dict[str, tuple[Any, ...]] = {}
+    for item_id in world.item_ids:
+        register = world.storage.register(item_id, world.task["id"])
+        if register is not None:
+            registers[item_id] = (
+                register["status"],
+                register["hlc"],
+                register["creator"],
+            )
+    return registers
 
 
 def applied_ops(replica: Replica) -> dict[str, tuple[Any, ...]]:
