@@ -938,6 +938,9 @@ def test_label_join_uses_label_index(conn):
         )
     )
     assert "annotations_label (dataset_id=? AND label=?)" in plan
+    # Annotations filed under another dataset are looked up by item, not scanned.
+    assert "annotations_item (item_id=?)" in plan
+    assert "SCAN annotations" not in plan
     assert conn.execute(compiled.count_sql, compiled.count_params).fetchone()[0] == 2
 
 

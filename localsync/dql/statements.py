@@ -150,15 +150,15 @@ def _where(
         aliases=aliases,
     )
     condition = annotations.compile(query.join_filter)
+    if dialect.label_index_join and _tests_label(
+        query.join_filter, annotation_array_paths
+    ):
+        return all_of([*parts, _label_index_join(dialect, dataset_id, condition)])
     joined = sql(
         "EXISTS (SELECT 1 FROM annotations AS annotations"
         " WHERE annotations.item_id = items.id AND {})",
         condition,
     )
-    if dialect.label_index_join and _tests_label(
-        query.join_filter, annotation_array_paths
-    ):
-        joined = _label_index_join(dialect, dataset_id, condition, joined)
     return all_of([*parts, joined])
 
 
@@ -183,18 +183,16 @@ def _tests_label(filter_: Filter, array_paths: frozenset[str] | None) -> bool:
     )
 
 
-def _label_index_join(
-    dialect: Dialect, dataset_id: str, condition: Sql, correlated: Sql
-) -> Sql:
+def _label_index_join(dialect: Dialect, dataset_id: str, condition: Sql) -> Sql:
     """Return the join as an IN list of item ids that the label index finds.
 
     The index (dataset_id, label) finds the matching annotations of the query's
-    dataset, and SQLite looks up their items by id, which takes a fraction of
-    the time of ``correlated`` (an EXISTS run for every item). An annotation's
-    dataset_id is its own ``datasetId``, so an annotation of another dataset
-    can still belong to an item of this one. While the table contains any
-    annotation of another dataset, the IN list takes every item of the dataset
-    and ``correlated`` decides, as without the index.
+    dataset, and SQLite looks up their items by id. That takes a fraction of
+    the time of an EXISTS run for every item. An annotation's dataset_id is its
+    own ``datasetId``, so an annotation of another dataset can still belong to
+    an item of this one. The list's second part adds those: while the table
+    contains any annotation of another dataset, it looks up the annotations of
+    every item of the dataset, as the EXISTS would. Otherwise it reads no row.
     """
     dataset = dialect.param(dataset_id)
     foreign = sql(
@@ -205,18 +203,22 @@ def _label_index_join(
     )
     # SQLite 3.40 evaluates a constant condition in a compound SELECT's arm for
     # every row it scans, so ``foreign`` decides the key of the seek instead: the
-    # key is NULL, and the seek finds no row, when no foreign annotation exists.
-    listed = sql(
+    # key is NULL, and the seek finds no item, when no foreign annotation exists.
+    # The test of dataset_id is "<>" so that SQLite does not scan by it.
+    return sql(
         "items.id IN (SELECT annotations.item_id FROM annotations AS annotations"
         " WHERE annotations.dataset_id = {} AND {}"
-        " UNION ALL SELECT own.id FROM items AS own"
-        " WHERE own.dataset_id = CASE WHEN {} THEN {} END)",
+        " UNION ALL SELECT annotations.item_id FROM annotations AS annotations"
+        " WHERE annotations.item_id IN (SELECT own.id FROM items AS own"
+        " WHERE own.dataset_id = CASE WHEN {} THEN {} END)"
+        " AND annotations.dataset_id <> {} AND {})",
         dataset,
         condition,
         foreign,
         dataset,
+        dataset,
+        condition,
     )
-    return sql("({} AND (NOT {} OR {}))", listed, foreign, correlated)
 
 
 def compile_filter(
