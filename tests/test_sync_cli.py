@@ -305,17 +305,20 @@ def test_login_bad_token_keeps_old(world: World, store: Path) -> None:
 def test_sync_prints_summary(world: World, store: Path) -> None:
     with Replica(store) as replica:
         set_statuses(replica, world.task["id"], world.item_ids[:3], "completed")
+    # A pull leaves out the replica's own writes, so only these two come back.
+    world.rest_set_status([world.item_ids[10], world.item_ids[13]], "discard")
 
     result = invoke("sync", "--store", str(store))
 
     assert result.exit_code == 0, result.stderr
     assert "Pushed 3 ops: 3 applied, 0 superseded, 0 rejected." in result.stdout
-    assert "Pulled 3 changes in 1 page." in result.stdout
+    assert "Pulled 2 changes in 1 page." in result.stdout
 
 
 def test_sync_singular_counts(world: World, store: Path) -> None:
     with Replica(store) as replica:
         set_statuses(replica, world.task["id"], world.item_ids[12:13], "approved")
+    world.rest_set_status([world.item_ids[13]], "completed")
 
     result = invoke("sync", "--store", str(store))
 
