@@ -355,19 +355,79 @@ def test_copied_replica_learns_other_copy_writes(world: World, tmp_path: Path) -
     set_statuses(first, task_id, written, "approved")
     engine(first).sync()
 
-    # The copy syncs without ops of its own and then with one. Its first pull
-    # asked the server to leave out what its replica id wrote, which includes the
-    # other copy's writes.
-    engine(second).sync()
+    # The copy syncs without ops of its own and then with one. The server
+    # reports a seq for its replica id past its journal's end on the first pull.
+    report = engine(second).sync()
     set_statuses(second, task_id, [world.item_ids[30]], "discard")
+    later = engine(second).sync()
+
+    assert report.new_replica_id is not None
+    assert later.new_replica_id is None
+    assert second.replica_id != first.replica_id
+    view = replica_statuses(second, task_id)
+    assert all(view[item] == "approved" for item in written)
+    assert view[world.item_ids[30]] == "discard"
+    assert known_remote(second) == server_registers(world)
+
+
+def test_copy_without_ops_learns_other_copy_writes(
+    world: World, tmp_path: Path
+) -> None:
+    first = world.clone("first.db")
+    task_id = world.task["id"]
+    set_statuses(first, task_id, world.item_ids[:2], "completed")
+    engine(first).sync()
+    second_path = tmp_path / "second.db"
+    with sqlite3.connect(second_path) as copy:
+        first.conn.backup(copy)
+    second = Replica(second_path)
+    written = world.item_ids[20:25]
+    set_statuses(first, task_id, written, "approved")
+    engine(first).sync()
+
+    # The copy has pushed nothing since it was made, so only the seq the server
+    # reports for its replica id shows that another file wrote under that id.
     report = engine(second).sync()
 
     assert report.new_replica_id is not None
     assert second.replica_id != first.replica_id
     view = replica_statuses(second, task_id)
     assert all(view[item] == "approved" for item in written)
-    assert view[world.item_ids[30]] == "discard"
     assert known_remote(second) == server_registers(world)
+    again = engine(second).sync()
+    assert again.new_replica_id is None
+
+
+def test_replica_seq_reported_for_filtered_pull(world: World) -> None:
+    replica = world.clone()
+    set_statuses(replica, world.task["id"], world.item_ids[:3], "completed")
+    engine(replica).sync()
+    remote = LocalsyncRemote(
+        replica.setting("remote_url") or "", replica.setting("token") or ""
+    )
+    cursor = int(replica.setting("cursor") or 0)
+    dataset_id = replica.dataset_id or ""
+
+    with remote:
+        filtered = remote.pull(
+            dataset_id=dataset_id,
+            cursor=cursor,
+            limit=10,
+            epoch=None,
+            replica_id=replica.replica_id,
+        )
+        unknown = remote.pull(
+            dataset_id=dataset_id,
+            cursor=cursor,
+            limit=10,
+            epoch=None,
+            replica_id="f" * 32,
+        )
+        plain = remote.pull(dataset_id=dataset_id, cursor=cursor, limit=10, epoch=None)
+
+    assert filtered.replica_seq == 3
+    assert unknown.replica_seq == 0
+    assert plain.replica_seq is None
 
 
 # Applying pulled register changes

@@ -328,6 +328,14 @@ def pull(
 
         scan = scan_page(read_rows, cursor=cursor, limit=limit, replica_id=replica_id)
         documents = _entity_documents(connection, scan.rows)
+        replica_seq = None
+        if replica_id is not None:
+            row = connection.execute(
+                "SELECT COALESCE(MAX(seq), 0) AS seq FROM pushed_ops "
+                "WHERE replica_id = %s",
+                (replica_id,),
+            ).fetchone()
+            replica_seq = int(row["seq"])
     changes = [change_json(row, documents) for row in scan.rows]
 
     register_hlcs = [
@@ -349,6 +357,7 @@ def pull(
         cursor=scan.cursor,
         has_more=scan.has_more,
         server_hlc=server_hlc,
+        replica_seq=replica_seq,
     )
 
 

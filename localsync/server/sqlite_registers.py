@@ -290,6 +290,13 @@ def pull(
         scan = scan_page(read_rows, cursor=cursor, limit=limit, replica_id=replica_id)
         documents = _entity_documents(connection, scan.rows)
         server_hlc = db.last_hlc(connection)
+        replica_seq = None
+        if replica_id is not None:
+            row = connection.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM pushed_ops WHERE replica_id = ?",
+                (replica_id,),
+            ).fetchone()
+            replica_seq = int(row[0])
 
     changes = [change_json(row, documents) for row in scan.rows]
     return PullPage(
@@ -297,6 +304,7 @@ def pull(
         cursor=scan.cursor,
         has_more=scan.has_more,
         server_hlc=server_hlc,
+        replica_seq=replica_seq,
     )
 
 

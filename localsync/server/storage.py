@@ -87,6 +87,8 @@ class PullPage:
     cursor: int
     has_more: bool
     server_hlc: str
+    # With a replica id: the highest seq the server stored for it (0 for none).
+    replica_seq: int | None = None
 
 
 @dataclass

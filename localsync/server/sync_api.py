@@ -53,7 +53,7 @@ def pull(context: RequestContext) -> JSON:
         limit=request.limit,
         replica_id=request.replica_id,
     )
-    return {
+    body = {
         "epoch": epoch,
         "serverHlc": page.server_hlc,
         "serverTime": _server_time_ms(),
@@ -61,6 +61,9 @@ def pull(context: RequestContext) -> JSON:
         "hasMore": page.has_more,
         "changes": page.changes,
     }
+    if page.replica_seq is not None:
+        body["replicaSeq"] = page.replica_seq
+    return body
 
 
 def history(context: RequestContext) -> JSON:

@@ -15,7 +15,12 @@ from typing import Any
 from localsync.errors import SyncError
 from localsync.store import Replica
 from localsync.sync.apply import PullCounts, PushCounts
-from localsync.sync.pull import DEFAULT_PAGE_LIMIT, REFETCH_RUNNING, pull_changes
+from localsync.sync.pull import (
+    DEFAULT_PAGE_LIMIT,
+    REFETCH_RUNNING,
+    ReplicaCopied,
+    pull_changes,
+)
 from localsync.sync.push import pending_count, push_pending
 from localsync.sync.recovery import (
     reassert_lost_ops,
@@ -152,13 +157,7 @@ class SyncEngine:
                 self._pull_round(report, None)
             except SeqConflict as exc:
                 self._check_recovery(recovery, exc)
-                report.new_replica_id, _ = take_new_replica_id(self.replica)
-                # Pulls under the old id left out the registers that id wrote last,
-                # and another copy of this file may have written some of them. The
-                # next pull starts again from cursor 0 to learn those values.
-                # NOTE: a copy that never pushes never gets this conflict, so it
-                # keeps missing the other copy's writes to registers.
-                self.replica.set_setting("cursor", 0)
+                self._leave_copied_id(report)
         report.push.add(counts)
         logger.info(
             "sync round %d (push): %d ops pushed, %d applied, %d superseded, "
@@ -169,6 +168,16 @@ class SyncEngine:
             counts.superseded,
             counts.rejected,
         )
+
+    def _leave_copied_id(self, report: SyncReport) -> None:
+        """Take a new replica id because another file pushed under this one.
+
+        Pulls under the old id left out the registers that id wrote last, and the
+        other file may have written some of them, so the next pull starts again
+        from cursor 0 to learn those values.
+        """
+        report.new_replica_id, _ = take_new_replica_id(self.replica)
+        self.replica.set_setting("cursor", 0)
 
     def _pull_round(
         self, report: SyncReport, on_page: Callable[[PullPage, PullCounts], None] | None
@@ -190,6 +199,9 @@ class SyncEngine:
                 self._check_recovery(recovery, exc)
                 start_refetch(self.replica, exc.epoch)
                 report.epoch_changed = True
+            except ReplicaCopied as exc:
+                self._check_recovery(recovery, exc)
+                self._leave_copied_id(report)
         if self.replica.setting(REFETCH_RUNNING) is not None:
             report.reasserted += reassert_lost_ops(self.replica)
         report.pull.add(counts)

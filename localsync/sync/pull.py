@@ -12,6 +12,7 @@ from collections.abc import Callable
 from localsync.crash_points import crash_point
 from localsync.errors import SyncError
 from localsync.store import Replica
+from localsync.store.journal import next_seq
 from localsync.sync.apply import PullCounts, apply_page
 from localsync.sync.push import own_results_recorded
 from localsync.sync.remote import PullPage, Remote
@@ -51,13 +52,16 @@ def pull_changes(
         wipe = wipe_epoch is not None
         cursor = 0 if wipe else int(replica.setting("cursor") or 0)
         epoch = (wipe_epoch or None) if wipe else replica.setting("epoch")
+        own_id = _own_writes_filter(replica, wipe or from_start)
         page = remote.pull(
             dataset_id=dataset_id,
             cursor=cursor,
             limit=limit,
             epoch=epoch,
-            replica_id=_own_writes_filter(replica, wipe or from_start),
+            replica_id=own_id,
         )
+        if own_id is not None:
+            _check_replica_seq(replica, page)
         with replica.transaction():
             page_counts = apply_page(replica, page, wipe=wipe)
             if wipe:
@@ -76,6 +80,27 @@ def pull_changes(
             raise SyncError(
                 f"Remote reported more changes after cursor {cursor} but sent none"
             )
+
+
+class ReplicaCopied(SyncError):
+    """The remote stores ops under this replica's id that its journal lacks."""
+
+
+def _check_replica_seq(replica: Replica, page: PullPage) -> None:
+    """Raise ``ReplicaCopied`` when the remote has seqs past the journal's last.
+
+    A file restored from an older copy, or a copy of a file that pushed since,
+    would otherwise never see the writes made under its id, because the page
+    leaves them out.
+    """
+    if page.replica_seq is None:
+        return
+    local = next_seq(replica.conn, replica.replica_id) - 1
+    if page.replica_seq > local:
+        raise ReplicaCopied(
+            f"The remote stores ops up to seq {page.replica_seq} under replica id "
+            f"{replica.replica_id}, but this file's journal ends at seq {local}"
+        )
 
 
 def _own_writes_filter(replica: Replica, full: bool) -> str | None:

@@ -160,6 +160,8 @@ class PullPage:
     cursor: int
     has_more: bool
     changes: list[Change] = field(default_factory=list)
+    # For a pull with a replica id: the highest seq the remote stored for it.
+    replica_seq: int | None = None
 
 
 class Remote(ABC):
@@ -367,6 +369,7 @@ class LocalsyncRemote(Remote):
             cursor=next_cursor,
             has_more=bool(data.get("hasMore")),
             changes=[_change(raw) for raw in _list(data, "changes", "pull")],
+            replica_seq=_optional_int(data, "replicaSeq"),
         )
 
     # REST calls of a clone
@@ -580,3 +583,12 @@ def _change(raw: Any) -> Change:
         deleted=bool(raw.get("deleted")),
         data=data if isinstance(data, dict) else None,
     )
+
+
+def _optional_int(data: JSON, key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise SyncError(f"Remote sent an invalid {key} {value!r} in a pull")
+    return value
