@@ -1,7 +1,7 @@
 """The sync test suites again, with the server on PostgreSQL.
 
-The tests of ``test_sync``, ``test_sync_conflicts`` and ``test_sync_faults`` are
-collected here a second time, with a ``world`` fixture whose server stores its data
+The tests of ``test_sync``, ``test_sync_conflicts``, ``test_sync_faults`` and
+``test_sync_rounds`` are collected here a second time, with a ``world`` fixture whose server stores its data
 in a fresh PostgreSQL database. Tests that copy the server's SQLite file are left
 out, since they exercise SQLite's backup, not the sync.
 """
@@ -20,6 +20,7 @@ from _pytest.fixtures import FixtureFunctionDefinition
 import tests.test_sync as sync_tests
 import tests.test_sync_conflicts as conflict_tests
 import tests.test_sync_faults as fault_tests
+import tests.test_sync_rounds as round_tests
 from localsync.server.auth import issue_token
 from localsync.server.postgres_storage import PostgresStorage
 from localsync.server.storage import NewTask
@@ -37,17 +38,21 @@ from tests.sync_support import (
 )
 
 # Tests that read or replace the server's SQLite file directly.
-SQLITE_FILE_TESTS = {"test_new_epoch_refetches_and_loses_nothing"}
+SQLITE_FILE_TESTS = {
+    "test_new_epoch_refetches_and_loses_nothing",
+    "test_new_epoch_refetch_learns_own_values",
+}
 
 # Items in the world of each suite, copied from that suite's own ``world`` fixture.
 WORLD_ITEMS = {
     sync_tests.__name__: sync_tests.ITEMS,
     conflict_tests.__name__: 10,
     fault_tests.__name__: 100,
+    round_tests.__name__: round_tests.ITEMS,
 }
 
 # The fixtures each suite defines besides ``world``, collected with its tests.
-for _suite in (sync_tests, conflict_tests, fault_tests):
+for _suite in (sync_tests, conflict_tests, fault_tests, round_tests):
     for _name, _value in vars(_suite).items():
         if _name == "world" or _name in SQLITE_FILE_TESTS:
             continue
