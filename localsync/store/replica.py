@@ -255,16 +255,16 @@ class Replica:
 
     # Queries
 
-    def array_paths(self) -> frozenset[str]:
-        rows = self.conn.execute(
-            "SELECT path FROM array_paths WHERE dataset_id = ?",
-            (self.dataset_id or "",),
-        ).fetchall()
-        return frozenset(row[0] for row in rows)
+    def array_paths(self, resource: str = "items") -> frozenset[str]:
+        """Return the dataset's catalog of paths holding arrays in ``resource``."""
+        return dql.load_array_paths(self.conn, self.dataset_id or "", resource)
 
     def compile(self, body: dict[str, Any]) -> dql.CompiledQuery:
         return dql.compile_query(
-            body, dataset_id=self.dataset_id or "", array_paths=self.array_paths()
+            body,
+            dataset_id=self.dataset_id or "",
+            array_paths=self.array_paths("items"),
+            annotation_array_paths=self.array_paths("annotations"),
         )
 
     def query(self, body: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
