@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,29 @@ def test_mixed_changed_and_reasserted(replica: Replica) -> None:
     assert [op for _, _, op in latest] == result.op_ids
     assert result.op_ids == sorted(result.op_ids)
     assert all(system(replica, n)["annotationStatus"] == ["discard"] for n in (2, 7, 8))
+
+
+def test_more_refs_than_function_arguments(replica: Replica) -> None:
+    """70 stamped refs need 420 json_set arguments, over the limit set here."""
+    replica.conn.setlimit(sqlite3.SQLITE_LIMIT_FUNCTION_ARG, 100)
+    task_id, (first, _, _) = task_ids(replica)
+    refs = [{"type": "assignment", "id": first, "metadata": stamp("discard")}] * 69
+    set_refs(replica, 0, [{"type": "task", "id": task_id}, *refs])
+
+    replica.set_status(
+        [item_id(0)], task_id=task_id, status="approved", creator=CREATOR
+    )
+    stamped = system(replica, 0)
+    replica.set_status([item_id(0)], task_id=task_id, status=None, creator=CREATOR)
+    cleared = system(replica, 0)
+
+    assert len(stamped["refs"]) == 70
+    assert {ref["metadata"]["status"] for ref in stamped["refs"]} == {"approved"}
+    assert {ref["metadata"]["creator"] for ref in stamped["refs"]} == {CREATOR}
+    assert stamped["annotationStatus"] == ["approved"]
+    assert len(cleared["refs"]) == 70
+    assert all(ref["metadata"] == {} for ref in cleared["refs"])
+    assert cleared["annotationStatus"] == []
 
 
 def test_ref_without_id_is_left_alone(replica: Replica) -> None:

@@ -327,10 +327,11 @@ def _rewrite_refs(
     for rowid, plan in updates:
         by_pattern.setdefault(plan.rewrites, []).append((rowid, plan.annotation_status))
     timestamp = iso_timestamp()
+    max_arguments = conn.getlimit(sqlite3.SQLITE_LIMIT_FUNCTION_ARG)
     for rewrites, rows in by_pattern.items():
         rows.sort()
         conn.executemany(
-            _update_sql(rewrites, clearing=status is None),
+            _update_sql(rewrites, clearing=status is None, max_arguments=max_arguments),
             (
                 (status, creator, timestamp, annotation_status, rowid)
                 for rowid, annotation_status in rows
@@ -338,7 +339,9 @@ def _rewrite_refs(
         )
 
 
-def _update_sql(rewrites: tuple[tuple[int, bool], ...], *, clearing: bool) -> str:
+def _update_sql(
+    rewrites: tuple[tuple[int, bool], ...], *, clearing: bool, max_arguments: int
+) -> str:
     """Return the UPDATE statement for one pattern of ref positions.
 
     Its parameters ?1 to ?5 are the status, creator, timestamp, annotationStatus
@@ -347,35 +350,44 @@ def _update_sql(rewrites: tuple[tuple[int, bool], ...], *, clearing: bool) -> st
     removes the keys from a metadata object and leaves other metadata as it is.
     """
     paths = [f"'{_REFS_PATH}[{position:d}].metadata" for position, _ in rewrites]
-    if clearing:
-        removed = [
-            f"{path}.{key}'"
-            for path, (_, is_object) in zip(paths, rewrites, strict=True)
-            if is_object
-            for key in _STAMP_KEYS
-        ]
-        edited = f"json_remove(json, {', '.join(removed)})" if removed else "json"
-        edits = []
-    else:
-        edited = "json"
-        edits = [
-            _stamp_edit(path, is_object)
-            for path, (_, is_object) in zip(paths, rewrites, strict=True)
-        ]
-    edits.append("'$.metadata.system.annotationStatus', json(?4)")
-    return (
-        f"UPDATE items SET json = json_set({edited}, {', '.join(edits)})"
-        " WHERE rowid = ?5"
-    )
+    removed: list[str] = []
+    pairs: list[str] = []
+    for path, (_, is_object) in zip(paths, rewrites, strict=True):
+        if clearing and is_object:
+            removed.extend(f"{path}.{key}'" for key in _STAMP_KEYS)
+        elif not clearing:
+            pairs.extend(_stamp_arguments(path, is_object))
+    pairs += ["'$.metadata.system.annotationStatus'", "json(?4)"]
+    document = _nested_call("json_remove", "json", removed, max_arguments)
+    document = _nested_call("json_set", document, pairs, max_arguments)
+    return f"UPDATE items SET json = {document} WHERE rowid = ?5"
 
 
-def _stamp_edit(path: str, is_object: bool) -> str:
+def _stamp_arguments(path: str, is_object: bool) -> list[str]:
+    """Return the json_set path and value arguments that stamp one ref."""
     if is_object:
-        return ", ".join(
-            f"{path}.{key}', ?{number}"
+        return [
+            argument
             for number, key in enumerate(_STAMP_KEYS, start=1)
-        )
-    return f"{path}', json_object('status', ?1, 'creator', ?2, 'timestamp', ?3)"
+            for argument in (f"{path}.{key}'", f"?{number}")
+        ]
+    return [f"{path}'", "json_object('status', ?1, 'creator', ?2, 'timestamp', ?3)"]
+
+
+def _nested_call(
+    function: str, document: str, arguments: list[str], max_arguments: int
+) -> str:
+    """Return ``function(document, arguments...)`` as SQL, nested into several calls
+    when SQLite's limit on function arguments is too low for one.
+
+    Each call takes an even number of arguments after the document, so no json_set
+    path is parted from its value.
+    """
+    per_call = (max_arguments - 1) // 2 * 2
+    for start in range(0, len(arguments), per_call):
+        chunk = ", ".join(arguments[start : start + per_call])
+        document = f"{function}({document}, {chunk})"
+    return document
 
 
 def mark_ops(
