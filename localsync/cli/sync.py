@@ -616,8 +616,8 @@ def conflicts_command(store_path: Path, output_format: str) -> None:
 def retry_command(op_id: str, store_path: Path) -> None:
     """Write a rejected or superseded op's value again, as a new op.
 
-    OP_ID is the op id, or its first 6 or more characters, as 'localsync
-    conflicts' lists it.
+    OP_ID is the op id, or 6 or more of its first or last characters, as
+    'localsync conflicts' lists it.
 
     \b
     Example:
@@ -638,8 +638,8 @@ def retry_command(op_id: str, store_path: Path) -> None:
 def revert_command(op_id: str, store_path: Path) -> None:
     """Undo an applied or pending op with a new op restoring the value before it.
 
-    OP_ID is the op id, or its first 6 or more characters, as 'localsync log'
-    lists it.
+    OP_ID is the op id, or 6 or more of its first or last characters, as
+    'localsync log' lists it.
 
     \b
     Example:
@@ -666,8 +666,8 @@ def revert_command(op_id: str, store_path: Path) -> None:
 def drop_command(op_id: str, store_path: Path) -> None:
     """Discard a pending or rejected op; the item then shows the value without it.
 
-    OP_ID is the op id, or its first 6 or more characters, as 'localsync log'
-    lists it.
+    OP_ID is the op id, or 6 or more of its first or last characters, as
+    'localsync log' lists it.
 
     \b
     Example:

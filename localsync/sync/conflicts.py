@@ -22,30 +22,45 @@ DROPPED_BY_USER = "dropped by the user"
 
 
 def find_op(replica: Replica, op_id: str) -> dict[str, Any]:
-    """Return the journal row of an op, given its id or a unique prefix of it."""
+    """Return the journal row of an op, given its id or a unique prefix or suffix.
+
+    Op ids are time-ordered, so the ops of one status call share their first
+    digits and differ in their last ones; a suffix tells them apart.
+    """
     text = op_id.strip().lower() if isinstance(op_id, str) else ""
     if len(text) < MIN_OP_PREFIX:
         raise BadRequest(
             "400",
-            f"Op id {op_id!r} is too short; pass the op id, or at least its first "
-            f"{MIN_OP_PREFIX} characters, as 'localsync conflicts' lists it",
+            f"Op id {op_id!r} is too short; pass the op id, or at least "
+            f"{MIN_OP_PREFIX} of its first or last characters, as 'localsync "
+            "conflicts' lists it",
         )
-    rows = list(
+    by_prefix = list(
         replica.db.query(
             "SELECT * FROM journal WHERE op_id >= ? AND op_id < ?"
             " ORDER BY op_id LIMIT 2",
             [text, text + "\uffff"],
         )
     )
-    if not rows:
-        raise NotFound(
-            "404", f"Op {op_id!r} not found in the journal of {str(replica.path)!r}"
+    # The suffix search reads the whole journal; a full id matches itself twice.
+    by_suffix = list(
+        replica.db.query(
+            "SELECT * FROM journal WHERE substr(op_id, -?) = ? LIMIT 2",
+            [len(text), text],
         )
-    if len(rows) > 1:
+    )
+    matches = {row["op_id"]: row for row in (*by_prefix, *by_suffix)}
+    if len(matches) == 1:
+        return next(iter(matches.values()))
+    if matches:
         raise BadRequest(
-            "400", f"Op id prefix {op_id!r} matches several ops; pass more of it"
+            "400",
+            f"Op id {op_id!r} matches several ops; pass more of its first or "
+            "last characters",
         )
-    return rows[0]
+    raise NotFound(
+        "404", f"Op {op_id!r} not found in the journal of {str(replica.path)!r}"
+    )
 
 
 def list_conflicts(replica: Replica) -> list[dict[str, Any]]:
