@@ -51,7 +51,10 @@ class Timestamp:
             )
 
     def __str__(self) -> str:
-        return f"{self.wall_ms:0{WALL_DIGITS}d}-{self.counter:0{COUNTER_DIGITS}d}-{self.node}"
+        return (
+            f"{self.wall_ms:0{WALL_DIGITS}d}-{self.counter:0{COUNTER_DIGITS}d}-"
+            f"{self.node}"
+        )
 
     @classmethod
     def parse(cls, text: str) -> Timestamp:
@@ -111,6 +114,27 @@ class Clock:
         else:
             self._advance_counter()
         return self.last
+
+    def send_many(self, count: int) -> list[str]:
+        """Return the string forms of ``count`` successive :meth:`send` stamps.
+
+        The physical clock is read once, so the stamps share its millisecond and
+        count up from there, as ``count`` calls within that millisecond would.
+        """
+        physical = self.physical_ms()
+        stamps = []
+        for index in range(count):
+            if index == 0 and physical > self._wall:
+                self._wall, self._counter = physical, 0
+            else:
+                self._advance_counter()
+            if not 0 <= self._wall < 10**WALL_DIGITS:
+                raise ValueError(f"HLC wall time {self._wall!r} is out of range")
+            stamps.append(
+                f"{self._wall:0{WALL_DIGITS}d}-{self._counter:0{COUNTER_DIGITS}d}-"
+                f"{self.node}"
+            )
+        return stamps
 
     def receive(self, remote: Timestamp) -> None:
         """Merge a timestamp seen from elsewhere, so later sends sort after it."""

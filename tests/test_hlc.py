@@ -105,3 +105,24 @@ def test_clock_stamps_equal_parsed_form() -> None:
 
     assert [Timestamp.parse(str(stamp)) for stamp in stamps] == stamps
     assert [stamp.counter for stamp in stamps] == [0, 1, 2]
+
+
+@given(
+    start=st.integers(min_value=0, max_value=10**12),
+    counter=st.integers(min_value=0, max_value=MAX_COUNTER),
+    ahead=st.integers(min_value=-5, max_value=5),
+    count=st.integers(min_value=0, max_value=40),
+)
+def test_send_many_equals_repeated_send(
+    start: int, counter: int, ahead: int, count: int
+) -> None:
+    node = "c" * 32
+    last = Timestamp(start, counter, node)
+    now = start + ahead
+    batched = Clock(node, last=last, now_ms=lambda: now)
+    single = Clock(node, last=last, now_ms=lambda: now)
+
+    stamps = batched.send_many(count)
+
+    assert stamps == [str(single.send()) for _ in range(count)]
+    assert batched.last == single.last

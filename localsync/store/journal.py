@@ -288,6 +288,7 @@ def _journal(
     seq = next_seq(conn, replica_id)
     now_ms = time.time_ns() // 1_000_000
     op_ids = new_op_ids(len(item_ids))
+    hlcs = clock.send_many(len(item_ids))
     result.op_ids.extend(op_ids)
     rows = [
         (
@@ -297,12 +298,14 @@ def _journal(
             item_id,
             task_id,
             status,
-            str(clock.send()),
+            hlc,
             creator,
             origin_op_id,
             now_ms,
         )
-        for offset, (op_id, item_id) in enumerate(zip(op_ids, item_ids, strict=True))
+        for offset, (op_id, item_id, hlc) in enumerate(
+            zip(op_ids, item_ids, hlcs, strict=True)
+        )
     ]
     conn.executemany(
         "INSERT INTO journal (op_id, replica_id, seq, item_id, task_id, status, hlc,"
