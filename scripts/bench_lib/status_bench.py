@@ -4,8 +4,8 @@ The floor journals the same rows with one ``executemany`` and rewrites the same 
 JSON with ``json_set`` on fixed ref positions, in one transaction, with the replica's
 SQLite settings (WAL, ``synchronous=FULL``) and localsync's time-ordered op ids. It
 relies on every benchmark item having exactly two refs with the task's first, where
-localsync has to search the refs. It takes the items in the order given, so it does
-not sort them as localsync does.
+localsync has to search the refs. Like localsync, it writes the items in id order,
+which keeps the B-tree pages it touches close together.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def floor_set_status(
     conn: sqlite3.Connection, item_ids: list[str], task_id: str, status: str
 ) -> None:
     """Journal and apply ``status`` with plain SQL, in one transaction."""
+    item_ids = sorted(set(item_ids))
     node = secrets.token_hex(16)
     wall_ms = time.time_ns() // 1_000_000
     timestamp = iso_timestamp()

@@ -3,7 +3,8 @@
 Status changes reaching the server are timed three ways on the same items: offline
 ``Replica.set_status`` followed by one ``SyncEngine.sync()``, dtlpy's
 ``dataset.items.update_status`` and dtlpy's ``task.set_status``. Each call sets a
-status other than the one the items have, so every call changes every item.
+status other than the one the items have, so every call changes every item. Local
+ops carry the token's user as creator, as the Python API and the CLI stamp them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import httpx
 
 from bench_lib.servers import (
     PROJECT,
+    USER,
     ServerDataset,
     ServerProcess,
     child_env,
@@ -116,7 +118,7 @@ def _set_and_sync(
     replica: Replica, dataset: ServerDataset, item_ids: list[str], status: str
 ) -> Any:
     result = replica.set_status(
-        item_ids, task_id=dataset.task_id, status=status, creator=None
+        item_ids, task_id=dataset.task_id, status=status, creator=USER
     )
     if result.journaled != len(item_ids):
         raise RuntimeError(
@@ -305,7 +307,7 @@ def run_watch_latency(
                 for _ in range(runs):
                     status = next(statuses)
                     replica.set_status(
-                        [item_id], task_id=dataset.task_id, status=status, creator=None
+                        [item_id], task_id=dataset.task_id, status=status, creator=USER
                     )
                     written = time.perf_counter()
                     _wait_for_status(client, item_id, dataset.task_id, status)
