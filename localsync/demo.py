@@ -245,6 +245,7 @@ def run_demo(
     started = time.monotonic()
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="localsync-demo-"))
+    _check_workdir_unused(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     exports = prepare_exports(exports, workdir, echo)
     server = EmbeddedServer(workdir / "server.db", free_port())
@@ -257,6 +258,25 @@ def run_demo(
         return _scenario(server, setup, task_id, tokens, workdir, echo, started)
     finally:
         server.stop()
+
+
+# The files a demo run leaves in its work folder.
+DEMO_FILES = ("server.db", "alice.db", "bob.db")
+
+
+def _check_workdir_unused(workdir: Path) -> None:
+    """Raise ``SyncError`` when ``workdir`` holds an earlier demo run's databases.
+
+    A second run would find its task already on that server, so it stops before
+    touching anything and names the folder.
+    """
+    found = [name for name in DEMO_FILES if (workdir / name).exists()]
+    if found:
+        raise SyncError(
+            f"--workdir {str(workdir)!r} already holds an earlier demo run "
+            f"({', '.join(found)}); pass a new or empty folder, or remove those "
+            "files first"
+        )
 
 
 def _scenario(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from localsync import demo
+from localsync.cli import main
 from localsync.demo import ANNOTATION_TASK, QA_TASK, run_demo
 
 
@@ -38,6 +40,16 @@ def test_demo_on_real_exports(exports_dir: Path, tmp_path: Path) -> None:
     check_summary(summary, merino=420, suffolk=420)
     assert any("sync failed as expected" in line for line in lines)
     assert (tmp_path / "alice.db").exists()
+
+    # A second run in the same folder stops before it changes anything.
+    before = {name: (tmp_path / name).read_bytes() for name in demo.DEMO_FILES}
+    again = CliRunner().invoke(
+        main, ["demo", "--exports", str(exports_dir), "--workdir", str(tmp_path)]
+    )
+    assert again.exit_code == 1
+    assert "already holds an earlier demo run" in again.output
+    assert "pass a new or empty folder" in again.output
+    assert before == {name: (tmp_path / name).read_bytes() for name in demo.DEMO_FILES}
 
 
 def test_demo_without_shared_data(

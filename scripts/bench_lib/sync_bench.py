@@ -10,6 +10,7 @@ ops carry the token's user as creator, as the Python API and the CLI stamp them.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -363,6 +364,8 @@ def run_demo(exports_dir: Path | None, work_dir: Path, runs: int) -> dict[str, A
     seconds = []
     for run in range(runs):
         folder = work_dir / f"demo-{run}"
+        # A folder left by an earlier bench run makes the demo stop at once.
+        shutil.rmtree(folder, ignore_errors=True)
         argv = [
             *localsync_command(),
             "demo",
