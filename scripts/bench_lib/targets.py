@@ -77,7 +77,8 @@ SCENARIOS: dict[str, Scenario] = {
             "and applied in one transaction (WAL, synchronous=FULL)",
             "plain `sqlite3` floor: `executemany` of the same journal rows plus "
             "`json_set` of the same ref fields and `annotationStatus` on fixed ref "
-            "positions, in one transaction, with the same SQLite settings",
+            "positions, in item id order and one transaction, with the same SQLite "
+            "settings and op ids",
             (
                 Target("seconds", 2.0, "under 2 s for 100,000 items", 100_000),
                 Target("ratio", 1.5, "at most 1.5 x the floor"),
