@@ -138,7 +138,9 @@ def test_push_applies_op(client, live_server, world) -> None:
     assert result["winner"]["replicaId"] == replica.replica_id
     assert ref_statuses(live_server, item_id) == ["completed", "completed"]
     register = live_server.storage.register(item_id, task_id)
-    assert register["creator"] == "offline@example.com"
+    # The op names offline@example.com; the token's user is recorded instead.
+    assert register["creator"] == "annotator@example.com"
+    assert result["winner"]["creator"] == "annotator@example.com"
     history = live_server.storage.register_history(item_id, task_id)
     assert [(h["source"], h["outcome"], h["opId"]) for h in history] == [
         ("replica", "applied", op["opId"])

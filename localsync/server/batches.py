@@ -259,10 +259,13 @@ class RegisterBatch:
         task = self.tasks.get(op.task_id)
         reason = self.rejection(op, item, task, dataset_id)
         hlc, restamped = stamp_incoming(clock, op.hlc)
+        # The author is the token's user, whatever creator the op names: a
+        # replica pushes only with its first user's token, so the two agree
+        # unless the client is forging them.
         write = RegisterWrite(
             status=op.status,
             hlc=hlc,
-            creator=op.creator or user_email,
+            creator=user_email,
             source="replica",
             user_email=user_email,
             replica_id=replica_id,
