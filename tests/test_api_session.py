@@ -172,3 +172,15 @@ def test_module_exports() -> None:
     assert dl.ItemAction("needs_review").to_json()["displayName"] == "needs_review"
     assert dl.__version__ == "0.1.0"
     assert dl.Replica is dl.ReplicaApi
+
+
+def test_login_as_other_user_is_rejected(store: Path) -> None:
+    with Replica(store) as replica:
+        replica.set_setting("user_email", "ann@example.com")
+    ann = jwt({"exp": time.time() + 3600, "email": "ann@example.com"})
+    dl.login_token(ann)
+
+    with pytest.raises(dl.exceptions.BadRequest, match="belongs to ann@example.com"):
+        dl.login_token(jwt({"exp": time.time() + 3600, "email": "bob@example.com"}))
+
+    assert setting(store, "token") == ann

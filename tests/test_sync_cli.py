@@ -25,6 +25,7 @@ from localsync.sync.watch import Watcher
 from tests.sync_support import (
     DATASET,
     PROJECT,
+    USER,
     World,
     cli_env,
     journal_states,
@@ -276,21 +277,59 @@ def test_clone_into_replica_of_other_dataset_fails(
         assert replica.setting("remote_url") is None
 
 
-def test_login_replaces_token(world: World, store: Path) -> None:
+def other_token(world: World, email: str) -> str:
     from localsync.server.auth import issue_token
 
-    new_token = issue_token(
-        world.storage.meta().secret,
-        email="second@example.com",
-        project_ids=[world.project["id"]],
+    return issue_token(
+        world.storage.meta().secret, email=email, project_ids=[world.project["id"]]
     )
+
+
+def test_login_replaces_token(world: World, store: Path) -> None:
+    new_token = other_token(world, USER)
     result = invoke("login", "--token", new_token, "--store", str(store))
 
     assert result.exit_code == 0, result.stderr
-    assert "second@example.com" in result.stdout
+    assert USER in result.stdout
     with Replica(store) as replica:
         assert replica.setting("token") == new_token
-        assert replica.setting("user_email") == "second@example.com"
+        assert replica.setting("user_email") == USER
+
+
+def test_login_as_other_user_fails(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        old_token = replica.setting("token")
+
+    result = invoke(
+        "login",
+        "--token",
+        other_token(world, "second@example.com"),
+        "--store",
+        str(store),
+    )
+
+    assert result.exit_code == 1
+    assert f"belongs to {USER}" in result.stderr
+    assert "clone into a new file for second@example.com" in result.stderr
+    with Replica(store) as replica:
+        assert replica.setting("token") == old_token
+        assert replica.setting("user_email") == USER
+
+
+def test_clone_over_other_users_replica_fails(world: World, store: Path) -> None:
+    with Replica(store) as replica:
+        set_statuses(replica, world.task["id"], world.item_ids[10:11], "discard")
+        before = journal_states(replica)
+    args = clone_args(world, store)
+    args[args.index("--token") + 1] = other_token(world, "second@example.com")
+
+    result = invoke(*args)
+
+    assert result.exit_code == 1
+    assert f"belongs to {USER}" in result.stderr
+    with Replica(store) as replica:
+        assert replica.setting("user_email") == USER
+        assert journal_states(replica) == before
 
 
 def test_login_bad_token_keeps_old(world: World, store: Path) -> None:

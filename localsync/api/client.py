@@ -149,6 +149,9 @@ class ReplicaApi:
                 "Invalid token: expected a JWT of three base64url parts with a JSON "
                 "payload; copy the whole token from the platform",
             )
+        from localsync.sync.clone import check_same_user
+
+        check_same_user(self.store, tokens.token_email(token))
         self.store.set_setting("token", token)
 
     def add_environment(

@@ -60,9 +60,26 @@ def open_remote(
     return LocalsyncRemote(url, token, retry=retry, timeout=timeout)
 
 
+def check_same_user(replica: Replica, email: str | None) -> None:
+    """Raise ``BadRequest`` when ``email`` is not the user the replica belongs to.
+
+    A replica's journal holds its user's ops, and the server binds its replica id
+    to that user, so another user's token would only author those ops anew.
+    """
+    owner = replica.setting("user_email")
+    if owner and email and owner != email:
+        raise BadRequest(
+            "400",
+            f"Replica {str(replica.path)!r} belongs to {owner}, and the token is "
+            f"for {email}; clone into a new file for {email}, or use a token "
+            f"for {owner}",
+        )
+
+
 def store_token(replica: Replica, token: str) -> str | None:
     """Replace the replica's token; return the user email the token names."""
     email = token_email(token)
+    check_same_user(replica, email)
     with replica.transaction():
         replica.set_setting("token", token)
         if email:
@@ -97,6 +114,7 @@ def clone(
             _check_same_dataset(
                 existing, base_url, dataset_name=dataset, dataset_id=None
             )
+            check_same_user(existing, email)
 
     with (
         _clone_hints(),
