@@ -343,6 +343,24 @@ def test_unanswered_push_pulls_own_values(world: World) -> None:
     assert known_remote(replica)[item_id] == server_registers(world)[item_id]
 
 
+def test_dropped_unsent_op_keeps_filter(world: World) -> None:
+    replica = world.clone()
+    task_id = world.task["id"]
+    engine(replica).sync()
+    [dropped] = set_statuses(replica, task_id, [world.item_ids[11]], "completed")
+    drop_op(replica, dropped)
+    set_statuses(replica, task_id, [world.item_ids[12]], "discard")
+    engine(replica).sync()
+    transport = RecordingTransport()
+
+    engine(replica, transport).pull()
+
+    params = transport.pull_params()
+    assert params
+    assert all(p.get("replica") == replica.replica_id for p in params)
+    assert world.server_statuses().get(world.item_ids[11]) is None
+
+
 def test_copied_replica_learns_other_copy_writes(world: World, tmp_path: Path) -> None:
     first = world.clone("first.db")
     task_id = world.task["id"]

@@ -537,9 +537,9 @@ def status_target_options(function: Callable[..., Any]) -> Callable[..., Any]:
 def status_set_command(api: ReplicaApi, status: str, **targets: Any) -> None:
     """Set STATUS on items of a task, and print the result with its op ids.
 
-    STATUS must be one the task offers (completed, approved, discard or a custom
-    one). A single --item not in the task is an error; in bulk, such items are
-    skipped and counted.
+    STATUS must be one of the task's statuses (completed, approved, discard or a
+    custom one). A single --item not in the task is an error; in bulk, such items
+    are skipped and counted.
 
     \b
     Example:

@@ -621,7 +621,7 @@ def retry_command(op_id: str, store_path: Path) -> None:
 
     \b
     Example:
-      localsync retry 3f2a9c71 --store ann.db
+      localsync retry e29835ab --store ann.db
       localsync sync --store ann.db
     """
     with open_replica(store_path) as replica, user_errors():
@@ -643,7 +643,7 @@ def revert_command(op_id: str, store_path: Path) -> None:
 
     \b
     Example:
-      localsync revert 3f2a9c71 --store ann.db
+      localsync revert e29835ab --store ann.db
     """
     with open_replica(store_path) as replica, user_errors():
         result, previous = ops.revert_op(
@@ -671,7 +671,7 @@ def drop_command(op_id: str, store_path: Path) -> None:
 
     \b
     Example:
-      localsync drop 3f2a9c71 --store ann.db
+      localsync drop e29835ab --store ann.db
     """
     with open_replica(store_path) as replica, user_errors():
         op = ops.drop_op(replica, op_id)

@@ -11,7 +11,7 @@ from typing import Any
 
 from localsync.errors import BadRequest, NotFound
 from localsync.store import Replica, StatusResult
-from localsync.sync.push import pending_ops
+from localsync.sync.push import DROPPED_UNSENT, pending_ops, was_sent
 from localsync.sync.remote import JSON, Remote
 from localsync.sync.views import RegisterValue, refresh_registers
 
@@ -218,14 +218,15 @@ def drop_op(replica: Replica, op_id: str) -> dict[str, Any]:
                 "can be "
                 f"dropped{hint}",
             )
+        if op["state"] == "rejected":
+            reason = f"{DROPPED_BY_USER} (rejected: {op['reason']})"
+        elif was_sent(replica, op["replica_id"], op["seq"]):
+            reason = DROPPED_BY_USER
+        else:
+            reason = DROPPED_UNSENT
         replica.conn.execute(
             "UPDATE journal SET state = 'dropped', reason = ? WHERE op_id = ?",
-            (
-                DROPPED_BY_USER
-                if op["state"] == "pending"
-                else f"{DROPPED_BY_USER} (rejected: {op['reason']})",
-                op["op_id"],
-            ),
+            (reason, op["op_id"]),
         )
         refresh_registers(replica, [(op["item_id"], op["task_id"])])
     logger.info("dropped op %s (%s)", op["op_id"], op["state"])

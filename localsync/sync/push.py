@@ -53,6 +53,17 @@ def sent_seq(replica: Replica) -> int | None:
     return int(seq)
 
 
+# The reason of an op dropped while no push had sent it: it cannot have reached
+# the remote, so it leaves the pull filter on.
+DROPPED_UNSENT = "dropped by the user before it was sent"
+
+
+def was_sent(replica: Replica, replica_id: str, seq: int) -> bool:
+    """Return whether a push may have sent the op ``(replica_id, seq)``."""
+    sent = sent_seq(replica)
+    return replica_id == replica.replica_id and sent is not None and seq <= sent
+
+
 def own_results_recorded(replica: Replica) -> bool:
     """Return whether every op this replica sent has its push result recorded.
 
@@ -73,8 +84,9 @@ def own_results_recorded(replica: Replica) -> bool:
     # and dropped ops, rather than walk every op of the replica by seq.
     row = replica.conn.execute(
         "SELECT 1 FROM journal WHERE state IN ('pending', 'dropped')"
-        " AND +replica_id = ? AND +seq <= ? AND result IS NULL LIMIT 1",
-        (replica.replica_id, sent),
+        " AND +replica_id = ? AND +seq <= ? AND result IS NULL"
+        " AND reason IS NOT ? LIMIT 1",
+        (replica.replica_id, sent, DROPPED_UNSENT),
     ).fetchone()
     return row is None
 
