@@ -247,6 +247,8 @@ def run_demo(
         workdir = Path(tempfile.mkdtemp(prefix="localsync-demo-"))
     _check_workdir_unused(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # The folder is kept for a look afterwards, so say where it is.
+    echo(f"Work folder (kept afterwards): {workdir}")
     exports = prepare_exports(exports, workdir, echo)
     server = EmbeddedServer(workdir / "server.db", free_port())
     setup = setup_server(server.db_path, exports, echo)
@@ -255,9 +257,11 @@ def run_demo(
     server.start()
     echo(f"Server listening on {server.url}")
     try:
-        return _scenario(server, setup, task_id, tokens, workdir, echo, started)
+        summary = _scenario(server, setup, task_id, tokens, workdir, echo, started)
     finally:
         server.stop()
+    summary["workdir"] = str(workdir)
+    return summary
 
 
 # The files a demo run leaves in its work folder.

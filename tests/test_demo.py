@@ -40,6 +40,8 @@ def test_demo_on_real_exports(exports_dir: Path, tmp_path: Path) -> None:
     check_summary(summary, merino=420, suffolk=420)
     assert any("sync failed as expected" in line for line in lines)
     assert (tmp_path / "alice.db").exists()
+    assert summary["workdir"] == str(tmp_path)
+    assert f"Work folder (kept afterwards): {tmp_path}" in lines
 
     # A second run in the same folder stops before it changes anything.
     before = {name: (tmp_path / name).read_bytes() for name in demo.DEMO_FILES}
