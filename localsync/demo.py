@@ -103,8 +103,9 @@ def prepare_exports(exports: Path | None, workdir: Path, echo: Echo) -> Path:
 
     folder = workdir / "generated-exports"
     echo(
-        f"Real exports not found; generating {GENERATED_ITEMS} export records "
-        f"in {folder}"
+        f"Real exports not found at {SHARED_EXPORTS} (from the current folder or "
+        f"the checkout); generating {GENERATED_ITEMS} export records in {folder}. "
+        "Pass --exports DIR to use real ones."
     )
     synthetic.write_export_dir(
         synthetic.generate_export_records(GENERATED_ITEMS), folder
