@@ -174,6 +174,44 @@ def test_status_set_single_item(store: Path) -> None:
     assert [row["op_id"] for row in journal_rows(store)] == body["opIds"]
 
 
+def test_status_set_text_is_one_line(store: Path) -> None:
+    files = stored_ids(store, FILES)
+    first = run(
+        "status",
+        "set",
+        "discard",
+        "--all",
+        "--task",
+        "review",
+        "--format",
+        "text",
+        store=store,
+    )
+    again = run(
+        "status",
+        "set",
+        "discard",
+        "--all",
+        "--task",
+        "review",
+        "--format",
+        "text",
+        store=store,
+    )
+    cleared = run(
+        "status", "clear", "--all", "--task", "review", "--format", "text", store=store
+    )
+
+    assert first.exit_code == 0, first.output
+    count = len(files)
+    assert first.stdout == (
+        f"discard: {count} ops journaled ({count} changed, 0 re-asserted, 0 skipped).\n"
+    )
+    assert f"(0 changed, {count} re-asserted, 0 skipped)" in again.stdout
+    assert cleared.stdout.startswith(f"cleared: {count} ops journaled")
+    assert len(journal_rows(store)) == 3 * count
+
+
 def test_status_set_all_then_clear(store: Path) -> None:
     files = stored_ids(store, FILES)
     result = run("status", "set", "discard", "--all", "--task", "review", store=store)

@@ -523,6 +523,15 @@ def status_target_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Task (by name) whose status to change; without it each item's task "
             "is picked as the SDK picks it (one or two refs).",
         ),
+        click.option(
+            "--format",
+            "output_format",
+            type=click.Choice(["json", "text"]),
+            default="json",
+            show_default=True,
+            help="json prints the result with every op and item id; text prints "
+            "one line of counts.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -574,6 +583,7 @@ def _run_status_call(
     filter_json: JSONDict | None,
     all_items: bool,
     task_name: str | None,
+    output_format: str,
 ) -> None:
     chosen = [bool(item_ids), filter_json is not None, all_items]
     if sum(chosen) != 1:
@@ -593,13 +603,26 @@ def _run_status_call(
     else:
         ids = _target_ids(api, item_ids, filter_json, task)
         result = _bulk_with_progress(api, status, ids, task_id=task_id, clear=clear)
-    echo_json(result.to_json())
+    if output_format == "text":
+        click.echo(_status_line(result.to_json()))
+    else:
+        echo_json(result.to_json())
     if result.skipped:
         click.echo(
             f"Warning: {counted(len(result.skipped), 'item')} skipped; see "
             "skippedItems.",
             err=True,
         )
+
+
+def _status_line(result: JSONDict) -> str:
+    """Return a status call's counts as one line, without its ids."""
+    value = result["status"] if result["status"] is not None else "cleared"
+    ops = len(result["opIds"])
+    return (
+        f"{value}: {counted(ops, 'op')} journaled ({result['changed']} changed, "
+        f"{result['reasserted']} re-asserted, {result['skipped']} skipped)."
+    )
 
 
 def _item_by_id(api: ReplicaApi, item_id: str) -> Item:
