@@ -410,7 +410,7 @@ def test_replica_of_another_user_gets_403_every_time(
 
 
 def test_cli_sync_with_other_users_token_fails_cleanly(tmp_path: Path) -> None:
-    """A replica logged in as another user: exit 1, the 403 shown, ops kept."""
+    """A replica with another user's token: login refuses it, the server 403s."""
     world = make_world(tmp_path, 5)
     try:
         replica = world.clone()
@@ -427,7 +427,11 @@ def test_cli_sync_with_other_users_token_fails_cleanly(tmp_path: Path) -> None:
             project_ids=[world.project["id"]],
         )
         login = run_cli("login", "--token", other, "--store", str(replica.path))
-        assert login.returncode == 0, login.stderr
+        assert login.returncode == 1
+        assert "belongs to annotator@example.com" in login.stderr
+        # The server refuses such a token too, when it is written into the file.
+        with Replica(replica.path) as edited:
+            edited.set_setting("token", other)
         before = world.server_count("SELECT COUNT(*) FROM register_history")
 
         refused = run_cli("sync", "--store", str(replica.path), "--max-attempts", "1")

@@ -305,8 +305,10 @@ def test_server_killed_at_random_moments(
             stderr=subprocess.DEVNULL,
         )
         # Kill the server once the push is under way, at a random point of it.
+        # A batch of 100 ops takes tens of milliseconds, so 0.1 s at most keeps
+        # every kill well before the last batch.
         wait_for_push(db_path, client)
-        time.sleep(chooser.uniform(0, 0.3))
+        time.sleep(chooser.uniform(0, 0.1))
         kills += server.process.poll() is None
         server.kill()
         client.wait(timeout=120)

@@ -255,12 +255,14 @@ def test_killed_sync_resumes_without_loss(world: World, tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if attempts % 2:
+        if attempts % 2 == 0:
             # Anywhere: while starting, pushing, pulling or writing a batch.
             time.sleep(chooser.uniform(0.2, 3.0))
         else:
             # In the middle of the push, a random moment after a batch was marked.
-            wait_for_applied(path, process, chooser.randint(1, ops - 1))
+            # This comes first and aims at the first half: a push of all the ops
+            # takes about a second, so a later or random kill may find it done.
+            wait_for_applied(path, process, chooser.randint(1, ops // 2))
             time.sleep(chooser.uniform(0, 0.05))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
