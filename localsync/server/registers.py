@@ -301,15 +301,8 @@ def _written_by(row: FeedRow, replica_id: str | None) -> bool:
 def history_json(row: Mapping[str, Any]) -> JSON:
     """Return one ``register_history`` row in the sync protocol's camelCase form."""
     return {
-        "itemId": row["item_id"],
-        "taskId": row["task_id"],
-        "status": row["status"],
-        "hlc": row["hlc"],
-        "creator": row["creator"],
-        "timestamp": row["timestamp"],
-        "source": row["source"],
+        **register_json(row),
         "user": row["user_email"],
-        "replicaId": row["replica_id"],
         "opId": row["op_id"],
         "outcome": row["outcome"],
         "reason": row["reason"],
