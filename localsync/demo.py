@@ -248,7 +248,7 @@ def run_demo(
         workdir = Path(tempfile.mkdtemp(prefix="localsync-demo-"))
     _check_workdir_unused(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    # The folder is kept for a look afterwards, so say where it is.
+    # The folder is kept for inspection afterwards, so print where it is.
     echo(f"Work folder (kept afterwards): {workdir}")
     exports = prepare_exports(exports, workdir, echo)
     server = EmbeddedServer(workdir / "server.db", free_port())
@@ -270,7 +270,7 @@ DEMO_FILES = ("server.db", "alice.db", "bob.db")
 
 
 def _check_workdir_unused(workdir: Path) -> None:
-    """Raise ``SyncError`` when ``workdir`` holds an earlier demo run's databases.
+    """Raise ``SyncError`` when ``workdir`` contains an earlier demo run's databases.
 
     A second run would find its task already on that server, so it stops before
     touching anything and names the folder.
@@ -278,7 +278,7 @@ def _check_workdir_unused(workdir: Path) -> None:
     found = [name for name in DEMO_FILES if (workdir / name).exists()]
     if found:
         raise SyncError(
-            f"--workdir {str(workdir)!r} already holds an earlier demo run "
+            f"--workdir {str(workdir)!r} already contains an earlier demo run "
             f"({', '.join(found)}); pass a new or empty folder, or remove those "
             "files first"
         )

@@ -49,7 +49,7 @@ def test_demo_on_real_exports(exports_dir: Path, tmp_path: Path) -> None:
         main, ["demo", "--exports", str(exports_dir), "--workdir", str(tmp_path)]
     )
     assert again.exit_code == 1
-    assert "already holds an earlier demo run" in again.output
+    assert "already contains an earlier demo run" in again.output
     assert "pass a new or empty folder" in again.output
     assert before == {name: (tmp_path / name).read_bytes() for name in demo.DEMO_FILES}
 

@@ -63,7 +63,7 @@ def open_remote(
 def check_same_user(replica: Replica, email: str | None) -> None:
     """Raise ``BadRequest`` when ``email`` is not the user the replica belongs to.
 
-    A replica's journal holds its user's ops, and the server binds its replica id
+    A replica's journal contains its user's ops, and the server binds its replica id
     to that user, so another user's token would only author those ops anew.
     """
     owner = replica.setting("user_email")

@@ -24,8 +24,8 @@ DROPPED_BY_USER = "dropped by the user"
 def find_op(replica: Replica, op_id: str) -> dict[str, Any]:
     """Return the journal row of an op, given its id or a unique prefix or suffix.
 
-    Op ids are time-ordered, so the ops of one status call share their first
-    digits and differ in their last ones; a suffix tells them apart.
+    Op ids are time-ordered: the ops of one status call share their first digits
+    and differ in their last ones, which a suffix therefore distinguishes.
     """
     text = op_id.strip().lower() if isinstance(op_id, str) else ""
     if len(text) < MIN_OP_PREFIX:
